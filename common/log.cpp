@@ -1,0 +1,32 @@
+#include "common/log.h"
+
+#include <mutex>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+namespace fedrad {
+namespace {
+
+std::mutex g_mu;
+spdlog::level::level_enum g_level = spdlog::level::info;
+
+}  // namespace
+
+void set_verbosity(Verbosity v) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_level = v == Verbosity::kQuiet     ? spdlog::level::warn
+            : v == Verbosity::kVerbose ? spdlog::level::debug
+                                       : spdlog::level::info;
+  spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) { l->set_level(g_level); });
+}
+
+std::shared_ptr<spdlog::logger> logger(const std::string& component) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (auto existing = spdlog::get(component)) return existing;
+  auto l = spdlog::stderr_color_mt(component);
+  l->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ [%n] %v");
+  l->set_level(g_level);
+  return l;
+}
+
+}  // namespace fedrad
