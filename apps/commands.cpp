@@ -1,1 +1,132 @@
-// placeholder
+#include "apps/commands.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "apps/study.h"
+#include "common/config.h"
+#include "common/log.h"
+
+namespace fedrad::app {
+namespace {
+
+int report(const Status& st) {
+  if (st.ok()) return 0;
+  std::fprintf(stderr, "fedrad: error: %s\n", st.to_string().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"fedrad: federated learning for medical imaging, on DICOM, without moving patient data"};
+  app.require_subcommand(1);
+  bool verbose = false, quiet = false;
+  app.add_flag("-v,--verbose", verbose, "debug output");
+  app.add_flag("-q,--quiet", quiet, "warnings and errors only");
+
+  std::string config_path, data, out, model, site_id, address, csv_out = "-";
+  std::vector<std::string> data_dirs, sites, inputs;
+  int threads = 0, rounds = 0;
+  double threshold = -1;
+
+  auto* demo = app.add_subcommand("demo", "Write synthetic DICOM for three sites and run a short federated study");
+  demo->add_option("--out", out, "output folder")->default_val("out/demo");
+  demo->add_option("--rounds", rounds, "rounds (default: the demo config's)");
+
+  auto* simulate = app.add_subcommand("simulate", "Run a study on this machine: coordinator plus one process per site");
+  simulate->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  simulate->add_option("--data", data, "folder with one sub-folder per site, each with train/ and val/")
+      ->required()->check(CLI::ExistingDirectory);
+  simulate->add_option("--out", out, "output folder")->required();
+
+  auto* coord = app.add_subcommand("coordinator", "Run the coordinator of a study (sites connect to it)");
+  coord->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  coord->add_option("--out", out, "output folder")->required();
+  coord->add_option("--address", address, "bind address (default: federation.address)");
+
+  auto* site = app.add_subcommand("site", "Run one site: train on its data, talk to the coordinator");
+  site->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  site->add_option("--data", data, "the site's folder with train/ and val/")->required()->check(CLI::ExistingDirectory);
+  site->add_option("--site-id", site_id, "this site's name (one of the config's sites)")->required();
+  site->add_option("--address", address, "coordinator address (default: federation.address)");
+  site->add_option("--threads", threads, "compute threads (default: train.threads)");
+
+  auto* train = app.add_subcommand("train", "Centralised baseline on the union of sites, or one site alone");
+  train->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  train->add_option("--data", data, "folder with one sub-folder per site")->required()->check(CLI::ExistingDirectory);
+  train->add_option("--site", sites, "train on these sites only (repeatable; default: all of the config's)");
+  train->add_option("--out", out, "output folder")->required();
+
+  auto* evaluate = app.add_subcommand("evaluate", "Evaluate a model on labelled folders; prints JSON");
+  evaluate->add_option("--model", model, "model file (global.pt or model.pt)")->required()->check(CLI::ExistingFile);
+  evaluate->add_option("--data", data_dirs, "folder with labels.csv (repeatable: pooled)")->required();
+  evaluate->add_option("--threshold", threshold, "decision threshold (default: the model's)");
+
+  auto* predict = app.add_subcommand("predict", "Probability of pneumonia per DICOM image; CSV out");
+  predict->add_option("--model", model, "model file")->required()->check(CLI::ExistingFile);
+  predict->add_option("inputs", inputs, "DICOM files or folders")->required();
+  predict->add_option("--out", csv_out, "CSV file (default: stdout)");
+
+  auto* index = app.add_subcommand("index", "Report what a labelled DICOM folder holds (JSON)");
+  index->add_option("dir", data, "folder with labels.csv")->required()->check(CLI::ExistingDirectory);
+
+  auto* config = app.add_subcommand("config", "Config tools");
+  auto* show = config->add_subcommand("show", "Print the effective config with every default");
+  show->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  config->require_subcommand(1);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  set_verbosity(quiet ? Verbosity::kQuiet : verbose ? Verbosity::kVerbose : Verbosity::kNormal);
+
+  auto load = [&]() -> StatusOr<StudyConfig> { return load_study_config(config_path); };
+
+  if (*demo) return report(app::demo(out, rounds));
+  if (*simulate) {
+    auto c = load();
+    return report(c.ok() ? app::simulate(*c, data, out) : c.status());
+  }
+  if (*coord) {
+    auto c = load();
+    if (!c.ok()) return report(c.status());
+    if (!address.empty()) c->federation.address = address;
+    return report(app::coordinator(*c, out));
+  }
+  if (*site) {
+    auto c = load();
+    return report(c.ok() ? app::site(*c, data, site_id, address, threads) : c.status());
+  }
+  if (*train) {
+    auto c = load();
+    if (!c.ok()) return report(c.status());
+    return report(app::train(*c, data, sites.empty() ? c->sites : sites, out));
+  }
+  if (*evaluate) {
+    auto r = app::evaluate(model, data_dirs, threshold);
+    if (!r.ok()) return report(r.status());
+    std::cout << r->dump(2) << std::endl;
+    return 0;
+  }
+  if (*predict) return report(app::predict(model, inputs, csv_out));
+  if (*index) {
+    auto r = app::index_folder(data);
+    if (!r.ok()) return report(r.status());
+    std::cout << r->dump(2) << std::endl;
+    return 0;
+  }
+  if (*show) {
+    auto c = load();
+    if (!c.ok()) return report(c.status());
+    std::cout << to_yaml(*c);
+    return 0;
+  }
+  return 2;
+}
+
+}  // namespace fedrad::app

@@ -1,1 +1,3 @@
-int main() { return 0; }
+#include "apps/commands.h"
+
+int main(int argc, char** argv) { return fedrad::app::run_cli(argc, argv); }

@@ -1,1 +1,515 @@
-// placeholder
+#include "apps/study.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "common/log.h"
+#include "common/metrics.h"
+#include "demo_config.h"
+#include "federation/federation.h"
+#include "imaging/dicom.h"
+#include "imaging/site_index.h"
+#include "imaging/synthetic.h"
+#include "training/checkpoint.h"
+#include "training/dataset.h"
+#include "training/learner.h"
+#include "training/trainer.h"
+
+namespace fedrad::app {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char* demo_config_yaml() { return kDemoConfigYaml; }
+
+namespace {
+
+int cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+Status make_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return io_error(dir + ": cannot create folder: " + ec.message());
+  return ok_status();
+}
+
+json metrics_json(const BinaryMetrics& m) {
+  return {{"auc", m.auc},       {"accuracy", m.accuracy}, {"sensitivity", m.sensitivity},
+          {"specificity", m.specificity}, {"threshold", m.threshold}, {"n", m.n}, {"positives", m.positives}};
+}
+
+// A TCP port that was free a moment ago, for simulations on one machine.
+StatusOr<int> free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return io_error("cannot open a socket to find a free port");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ::close(fd);
+    return io_error("cannot bind a socket to find a free port");
+  }
+  const int port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+// Writes what a study produces: per-round models, global.pt, metrics (JSON lines and CSV) and a
+// summary; prints progress. Called from the coordinator's round callback (one thread).
+class StudyRecorder {
+ public:
+  StudyRecorder(const StudyConfig& config, std::string out_dir)
+      : config_(config), out_(std::move(out_dir)), model_(training::classifier_options(config)) {}
+
+  Status open() {
+    FEDRAD_RETURN_IF_ERROR(make_dir(out_ + "/models"));
+    std::ofstream cfg(out_ + "/config.yaml");
+    cfg << to_yaml(config_);
+    jsonl_.open(out_ + "/metrics.jsonl", std::ios::trunc);
+    csv_.open(out_ + "/metrics.csv", std::ios::trunc);
+    if (!jsonl_ || !csv_ || !cfg) return io_error(out_ + ": cannot write the study's output files");
+    csv_ << "round,model_round,scope,n,auc,accuracy,sensitivity,specificity,threshold,loss,train_loss,"
+            "bytes_up,bytes_down,raw_bytes_up,raw_bytes_down,seconds\n";
+    start_ = std::chrono::steady_clock::now();
+    return ok_status();
+  }
+
+  void on_round(const fed::RoundLog& log, const fed::Weights& weights) {
+    const int model_round = static_cast<int>(log.round) - 1;  // the model evaluated this round
+    write_row(log.round, model_round, "global", log.global_eval, log.global_eval_loss, 0, log.bytes_up, log.bytes_down,
+              log.raw_bytes_up, log.raw_bytes_down, log.seconds);
+    for (const auto& s : log.sites)
+      write_row(log.round, model_round, s.site_id, s.eval, s.eval_loss, s.train_loss, s.bytes_up, s.bytes_down,
+                s.raw_bytes_up, s.raw_bytes_down, s.train_seconds, s.ok);
+    jsonl_.flush();
+    csv_.flush();
+
+    Status st = training::load_weights(*model_, weights);
+    training::ModelMeta meta;
+    meta.kind = "global";
+    if (log.evaluation_only) {
+      meta.round = config_.rounds;
+      meta.threshold = log.global_eval.threshold;
+      meta.val_auc = log.global_eval.auc;
+      final_ = log;
+      if (st.ok()) st = training::save_model(out_ + "/global.pt", *model_, config_, meta);
+    } else {
+      meta.round = static_cast<int>(log.round);
+      meta.threshold = log.global_eval.threshold;  // provisional: chosen on the previous model
+      bytes_up_ += log.bytes_up;
+      bytes_down_ += log.bytes_down;
+      raw_up_ += log.raw_bytes_up;
+      raw_down_ += log.raw_bytes_down;
+      char name[64];
+      std::snprintf(name, sizeof(name), "/models/round-%03u.pt", log.round);
+      if (st.ok()) st = training::save_model(out_ + name, *model_, config_, meta);
+      if (st.ok()) st = training::save_model(out_ + "/global.pt", *model_, config_, meta);
+    }
+    if (!st.ok()) logger("coordinator")->error("saving the round {} model failed: {}", log.round, st.to_string());
+  }
+
+  // summary.json and a final table on stdout.
+  Status finish() {
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double rounds = std::max(1, config_.rounds);
+    json sites = json::array();
+    for (const auto& s : final_.sites) sites.push_back({{"site", s.site_id}, {"ok", s.ok}, {"metrics", metrics_json(s.eval)}});
+    json summary = {
+        {"study", config_.name},
+        {"rounds", config_.rounds},
+        {"sites", config_.sites},
+        {"wall_seconds", wall},
+        {"global", metrics_json(final_.global_eval)},
+        {"per_site", sites},
+        {"bytes_up_per_round", bytes_up_ / rounds},
+        {"bytes_down_per_round", bytes_down_ / rounds},
+        {"raw_bytes_up_per_round", raw_up_ / rounds},
+        {"raw_bytes_down_per_round", raw_down_ / rounds},
+        {"model", "global.pt"},
+    };
+    FEDRAD_RETURN_IF_ERROR(training::write_file_atomic(out_ + "/summary.json", summary.dump(2) + "\n"));
+    const auto& g = final_.global_eval;
+    std::printf("\nStudy '%s': %d rounds, %zu sites, %.1f s\n", config_.name.c_str(), config_.rounds,
+                config_.sites.size(), wall);
+    std::printf("%-12s %6s %7s %9s %7s %7s\n", "scope", "n", "AUC", "accuracy", "sens", "spec");
+    for (const auto& s : final_.sites)
+      std::printf("%-12s %6lld %7.4f %9.4f %7.4f %7.4f\n", s.site_id.c_str(), static_cast<long long>(s.eval.n),
+                  s.eval.auc, s.eval.accuracy, s.eval.sensitivity, s.eval.specificity);
+    std::printf("%-12s %6lld %7.4f %9.4f %7.4f %7.4f   (threshold %.3f)\n", "global", static_cast<long long>(g.n),
+                g.auc, g.accuracy, g.sensitivity, g.specificity, g.threshold);
+    std::printf("bytes per round: up %.1f KB, down %.1f KB (raw fp32: %.1f KB / %.1f KB)\n", bytes_up_ / rounds / 1e3,
+                bytes_down_ / rounds / 1e3, raw_up_ / rounds / 1e3, raw_down_ / rounds / 1e3);
+    std::printf("model: %s/global.pt   metrics: %s/metrics.csv\n", out_.c_str(), out_.c_str());
+    std::fflush(stdout);
+    return ok_status();
+  }
+
+ private:
+  void write_row(uint32_t round, int model_round, const std::string& scope, const BinaryMetrics& m, double loss,
+                 double train_loss, uint64_t up, uint64_t down, uint64_t raw_up, uint64_t raw_down, double seconds,
+                 bool ok = true) {
+    json j = {{"round", round}, {"model_round", model_round}, {"scope", scope}, {"ok", ok}, {"loss", loss},
+              {"train_loss", train_loss}, {"bytes_up", up}, {"bytes_down", down}, {"raw_bytes_up", raw_up},
+              {"raw_bytes_down", raw_down}, {"seconds", seconds}};
+    j.update(metrics_json(m));
+    jsonl_ << j.dump() << "\n";
+    csv_ << round << "," << model_round << "," << scope << "," << m.n << "," << m.auc << "," << m.accuracy << ","
+         << m.sensitivity << "," << m.specificity << "," << m.threshold << "," << loss << "," << train_loss << ","
+         << up << "," << down << "," << raw_up << "," << raw_down << "," << seconds << "\n";
+  }
+
+  StudyConfig config_;
+  std::string out_;
+  models::Classifier model_;
+  std::ofstream jsonl_, csv_;
+  fed::RoundLog final_;
+  double bytes_up_ = 0, bytes_down_ = 0, raw_up_ = 0, raw_down_ = 0;
+  std::chrono::steady_clock::time_point start_;
+};
+
+fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
+  fed::CoordinatorOptions o;
+  o.bind_address = config.federation.address;
+  o.study = config.name;
+  o.expected_sites = config.sites;
+  o.min_sites = config.federation.min_sites;
+  o.rounds = config.rounds;
+  o.settings.local_epochs = static_cast<uint32_t>(config.train.local_epochs);
+  o.settings.batch_size = static_cast<uint32_t>(config.train.batch_size);
+  o.settings.lr = config.train.lr;
+  o.settings.seed = config.seed;
+  o.join_timeout_s = config.federation.join_timeout_s;
+  o.round_timeout_s = config.federation.round_timeout_s;
+  o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
+  o.zstd_level = config.federation.zstd_level;
+  // The round-1 global model: the config's architecture, initialised from the study seed.
+  torch::manual_seed(config.seed);
+  models::Classifier model(training::classifier_options(config));
+  o.initial_weights = training::to_weights(*model);
+  return o;
+}
+
+Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir) {
+  if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites of the study");
+  StudyRecorder recorder(config, out_dir);
+  FEDRAD_RETURN_IF_ERROR(recorder.open());
+  auto options = coordinator_options(config);
+  options.on_round_end = [&](const fed::RoundLog& log, const fed::Weights& w) { recorder.on_round(log, w); };
+  auto result = fed::run_coordinator(options);
+  if (!result.ok()) return result.status();
+  return recorder.finish();
+}
+
+// Starts `fedrad site ...` as a child that dies with its parent; its output goes to `log_path`.
+StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::string& log_path) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) return io_error("cannot start a site process");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+      ::close(fd);
+    }
+    ::execv("/proc/self/exe", argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+}  // namespace
+
+Status coordinator(const StudyConfig& config, const std::string& out_dir) {
+  FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
+  return run_coordinator_to(config, out_dir);
+}
+
+Status simulate(const StudyConfig& config_in, const std::string& data_root, const std::string& out_dir) {
+  StudyConfig config = config_in;
+  if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites to simulate");
+  for (const auto& s : config.sites) {
+    const fs::path dir = fs::path(data_root) / s;
+    for (const char* split : {"train", "val"})
+      if (!fs::exists(dir / split / "labels.csv"))
+        return not_found((dir / split / "labels.csv").string() + ": site '" + s + "' has no " + split + " split");
+  }
+  FEDRAD_RETURN_IF_ERROR(make_dir(out_dir + "/logs"));
+  FEDRAD_ASSIGN_OR_RETURN(int port, free_port());
+  config.federation.address = "tcp://127.0.0.1:" + std::to_string(port);
+  // The sites share this machine's cores; the coordinator needs little.
+  const int threads = config.train.threads > 0 ? config.train.threads
+                                               : std::max(1, cores() / static_cast<int>(config.sites.size()));
+  const std::string config_path = out_dir + "/config.yaml";
+  {
+    std::ofstream cfg(config_path);
+    cfg << to_yaml(config);
+    if (!cfg) return io_error(config_path + ": cannot write");
+  }
+  auto log = logger("simulate");
+  log->info("study '{}': {} sites, {} rounds, coordinator at {}, site logs in {}/logs", config.name, config.sites.size(),
+            config.rounds, config.federation.address, out_dir);
+
+  std::vector<std::pair<std::string, pid_t>> children;
+  for (const auto& s : config.sites) {
+    std::vector<std::string> args = {"fedrad", "site", "--config", config_path, "--data", (fs::path(data_root) / s).string(),
+                                     "--site-id", s, "--threads", std::to_string(threads)};
+    auto pid = spawn_site(args, out_dir + "/logs/" + s + ".log");
+    if (!pid.ok()) return pid.status();
+    children.emplace_back(s, *pid);
+  }
+  // A site that fails (bad data, crash) ends the simulation with its log named, instead of
+  // leaving the coordinator waiting for its deadline.
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done) {
+      for (auto& [name, pid] : children) {
+        if (pid <= 0) continue;
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) == pid) {
+          pid = -1;
+          const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+          if (!clean && !done) {
+            log->error("site '{}' stopped unexpectedly ({}); see {}/logs/{}.log", name,
+                       WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                           : "exit code " + std::to_string(WEXITSTATUS(status)),
+                       out_dir, name);
+            for (auto& c : children)
+              if (c.second > 0) ::kill(c.second, SIGKILL);
+            std::fflush(nullptr);
+            std::_Exit(1);
+          }
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  Status st = run_coordinator_to(config, out_dir);
+  done = true;
+  watcher.join();
+  for (auto& [name, pid] : children) {
+    if (pid <= 0) continue;
+    if (!st.ok()) ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+  }
+  return st;
+}
+
+Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
+            const std::string& address, int threads) {
+  const int n = threads > 0 ? threads : config.train.threads;
+  training::set_threads(n);
+  auto log = logger(site_id);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto train = training::load_image_set(site_dir + "/train", config.data, n);
+  if (!train.ok()) return train.status().with_context("site " + site_id);
+  auto val = training::load_image_set(site_dir + "/val", config.data, n);
+  if (!val.ok()) return val.status().with_context("site " + site_id);
+  log->info("loaded {} train ({} pneumonia) and {} val images in {:.1f} s; {} unreadable, {} unlabelled",
+            train->size(), train->positives(), val->size(),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+            train->unreadable.size() + val->unreadable.size(),
+            train->index.unlabelled.size() + val->index.unlabelled.size());
+  int index = 0;
+  for (size_t i = 0; i < config.sites.size(); ++i)
+    if (config.sites[i] == site_id) index = static_cast<int>(i) + 1;
+  training::TorchLearner learner(config, std::move(train).value(), std::move(val).value(), index);
+  fed::SiteOptions o;
+  o.coordinator_address = address.empty() ? config.federation.address : address;
+  o.site_id = site_id;
+  o.study = config.name;
+  o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
+  o.zstd_level = config.federation.zstd_level;
+  o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  return fed::run_site(learner, o);
+}
+
+Status train(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
+             const std::string& out_dir) {
+  if (sites.empty()) return invalid_argument("train: no sites given (config 'sites' or --site)");
+  training::set_threads(config.train.threads);
+  FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
+  auto log = logger("train");
+  std::vector<training::ImageSet> trains, vals;
+  for (const auto& s : sites) {
+    const std::string dir = (fs::path(data_root) / s).string();
+    auto tr = training::load_image_set(dir + "/train", config.data, config.train.threads);
+    if (!tr.ok()) return tr.status().with_context("site " + s);
+    auto va = training::load_image_set(dir + "/val", config.data, config.train.threads);
+    if (!va.ok()) return va.status().with_context("site " + s);
+    log->info("{}: {} train, {} val images", s, tr->size(), va->size());
+    trains.push_back(std::move(tr).value());
+    vals.push_back(std::move(va).value());
+  }
+  std::vector<const training::ImageSet*> tp, vp;
+  for (auto& t : trains) tp.push_back(&t);
+  for (auto& v : vals) vp.push_back(&v);
+  training::ImageSet train_set = training::concat(tp), val_set = training::concat(vp);
+
+  try {
+    torch::manual_seed(config.seed);
+    models::Classifier model(training::classifier_options(config));
+    const int epochs = config.baseline_epochs();
+    auto options = training::fit_options_from(config, epochs, config.seed);
+    options.on_epoch = [&](int epoch, double loss) {
+      log->info("epoch {}/{}: loss {:.4f}", epoch + 1, epochs, loss);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    auto stats = training::fit(model, train_set, options);
+    auto pred = training::predict(model, val_set);
+    const double threshold = youden_threshold(pred.scores, pred.labels);
+    const BinaryMetrics m = binary_metrics(pred.scores, pred.labels, threshold);
+    training::ModelMeta meta;
+    meta.kind = sites.size() == 1 ? "site:" + sites[0] : "centralised";
+    meta.epochs = epochs;
+    meta.threshold = threshold;
+    meta.val_auc = m.auc;
+    FEDRAD_RETURN_IF_ERROR(training::save_model(out_dir + "/model.pt", *model, config, meta));
+    json summary = {{"kind", meta.kind},
+                    {"sites", sites},
+                    {"epochs", epochs},
+                    {"train_images", train_set.size()},
+                    {"train_seconds", stats.seconds},
+                    {"wall_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
+                    {"val", metrics_json(m)},
+                    {"model", "model.pt"}};
+    FEDRAD_RETURN_IF_ERROR(training::write_file_atomic(out_dir + "/summary.json", summary.dump(2) + "\n"));
+    std::printf("%s on %lld images, %d epochs: val AUC %.4f, accuracy %.4f (threshold %.3f); model %s/model.pt\n",
+                meta.kind.c_str(), static_cast<long long>(train_set.size()), epochs, m.auc, m.accuracy, threshold,
+                out_dir.c_str());
+  } catch (const std::exception& e) {
+    return internal_error(std::string("training failed: ") + e.what());
+  }
+  return ok_status();
+}
+
+StatusOr<json> evaluate(const std::string& model_path, const std::vector<std::string>& data_dirs, double threshold) {
+  FEDRAD_ASSIGN_OR_RETURN(auto loaded, training::load_model(model_path));
+  const double t = threshold >= 0 ? threshold : loaded.meta.threshold;
+  std::vector<float> scores;
+  std::vector<int> labels;
+  json per_folder = json::array();
+  size_t unreadable = 0;
+  try {
+    for (const auto& dir : data_dirs) {
+      auto set = training::load_image_set(dir, loaded.config.data, loaded.config.train.threads);
+      if (!set.ok()) return set.status();
+      unreadable += set->unreadable.size();
+      auto p = training::predict(loaded.model, *set);
+      per_folder.push_back({{"data", dir}, {"metrics", metrics_json(binary_metrics(p.scores, p.labels, t))}});
+      scores.insert(scores.end(), p.scores.begin(), p.scores.end());
+      labels.insert(labels.end(), p.labels.begin(), p.labels.end());
+    }
+  } catch (const std::exception& e) {
+    return internal_error(std::string("evaluation failed: ") + e.what());
+  }
+  json out = metrics_json(binary_metrics(scores, labels, t));
+  out["model"] = model_path;
+  out["unreadable"] = unreadable;
+  if (data_dirs.size() > 1) out["per_folder"] = per_folder;
+  return out;
+}
+
+Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out) {
+  FEDRAD_ASSIGN_OR_RETURN(auto loaded, training::load_model(model_path));
+  std::vector<std::string> files;
+  for (const auto& in : inputs) {
+    std::error_code ec;
+    if (fs::is_directory(in, ec)) {
+      for (const auto& e : fs::recursive_directory_iterator(in, ec))
+        if (e.is_regular_file() && e.path().filename() != "labels.csv" && e.path().filename().string()[0] != '.')
+          files.push_back(e.path().string());
+    } else if (fs::exists(in, ec)) {
+      files.push_back(in);
+    } else {
+      return not_found(in + ": no such file or folder");
+    }
+  }
+  std::sort(files.begin(), files.end());
+  FEDRAD_ASSIGN_OR_RETURN(auto set, training::load_unlabelled(files, loaded.config.data, loaded.config.train.threads));
+  training::Predictions p;
+  try {
+    p = training::predict(loaded.model, set);
+  } catch (const std::exception& e) {
+    return internal_error(std::string("prediction failed: ") + e.what());
+  }
+  std::ofstream file;
+  if (csv_out != "-") {
+    file.open(csv_out);
+    if (!file) return io_error(csv_out + ": cannot write");
+  }
+  std::ostream& out = csv_out == "-" ? std::cout : file;
+  out << "file,probability,prediction\n";
+  for (size_t i = 0; i < p.scores.size(); ++i)
+    out << set.files[i] << "," << p.scores[i] << ","
+        << imaging::kClassNames[p.scores[i] >= loaded.meta.threshold ? 1 : 0] << "\n";
+  for (const auto& u : set.unreadable) logger("predict")->warn("not predicted: {}", u.reason);
+  return ok_status();
+}
+
+StatusOr<json> index_folder(const std::string& dir) {
+  FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
+  json unreadable = json::array();
+  std::map<std::string, int> syntaxes;
+  for (const auto& f : index.files) {
+    imaging::ReadOptions ro;
+    ro.frame = 0;
+    auto px = imaging::read_dicom(f.path, ro);
+    if (!px.ok()) unreadable.push_back({{"file", f.relative}, {"reason", px.status().message()}});
+    else syntaxes[px->transfer_syntax]++;
+  }
+  auto problems = [](const std::vector<imaging::FileProblem>& v) {
+    json a = json::array();
+    for (const auto& p : v) a.push_back({{"file", p.path}, {"reason", p.reason}});
+    return a;
+  };
+  return json{{"folder", dir},
+              {"labelled_files", index.files.size()},
+              {"labels", index.label_counts},
+              {"transfer_syntaxes", syntaxes},
+              {"unreadable", unreadable},
+              {"unlabelled", problems(index.unlabelled)},
+              {"missing", problems(index.missing)},
+              {"bad_rows", problems(index.bad_rows)}};
+}
+
+Status demo(const std::string& out_dir, int rounds) {
+  FEDRAD_ASSIGN_OR_RETURN(auto config, parse_study_config(demo_config_yaml(), "configs/demo.yaml (embedded)"));
+  if (rounds > 0) config.rounds = rounds;
+  const std::string data_root = out_dir + "/data";
+  auto log = logger("demo");
+  log->info("writing synthetic chest X-ray DICOM files for {} sites to {}", config.sites.size(), data_root);
+  auto specs = imaging::default_demo_sites();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    FEDRAD_RETURN_IF_ERROR(make_dir(data_root));
+    FEDRAD_RETURN_IF_ERROR(imaging::write_synthetic_site(data_root, specs[i], config.seed + i));
+  }
+  config.sites.clear();
+  for (const auto& s : specs) config.sites.push_back(s.name);
+  return simulate(config, data_root, out_dir + "/study");
+}
+
+}  // namespace fedrad::app

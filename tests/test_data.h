@@ -7,6 +7,8 @@
 
 #include <unistd.h>
 
+#include "test_paths.h"
+
 namespace fedrad::testing {
 
 // FEDRAD_DATA overrides; otherwise ../shared/data beside the project, as CI lays it out.

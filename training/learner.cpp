@@ -1,1 +1,55 @@
-// placeholder
+#include "training/learner.h"
+
+#include <torch/torch.h>
+
+#include "common/log.h"
+#include "training/checkpoint.h"
+#include "training/trainer.h"
+
+namespace fedrad::training {
+
+TorchLearner::TorchLearner(const StudyConfig& config, ImageSet train, ImageSet val, int site_index)
+    : config_(config),
+      train_(std::move(train)),
+      val_(std::move(val)),
+      site_index_(site_index),
+      model_(classifier_options(config)) {}
+
+StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed::RoundSettings& settings) {
+  try {
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    auto options = fit_options_from(config_, static_cast<int>(settings.local_epochs),
+                                     settings.seed * 7919 + static_cast<uint64_t>(site_index_));
+    options.batch_size = static_cast<int>(settings.batch_size);
+    options.lr = settings.lr;
+    auto log = logger("train");
+    options.on_epoch = [&](int epoch, double loss) {
+      log->info("round {} epoch {}/{}: loss {:.4f}", settings.round, epoch + 1, settings.local_epochs, loss);
+    };
+    FitStats stats = training::fit(model_, train_, options);
+    fed::FitReport report;
+    report.weights = to_weights(*model_);
+    report.num_examples = static_cast<uint64_t>(stats.samples);
+    report.train_loss = stats.loss;
+    report.train_seconds = stats.seconds;
+    return report;
+  } catch (const std::exception& e) {
+    return internal_error(std::string("local training failed: ") + e.what());
+  }
+}
+
+StatusOr<fed::EvalReport> TorchLearner::evaluate(const fed::Weights& global) {
+  try {
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    Predictions p = predict(model_, val_);
+    fed::EvalReport report;
+    report.num_examples = p.scores.size();
+    report.loss = p.loss;
+    report.histogram = ScoreHistogram::of(p.scores, p.labels);
+    return report;
+  } catch (const std::exception& e) {
+    return internal_error(std::string("evaluation failed: ") + e.what());
+  }
+}
+
+}  // namespace fedrad::training

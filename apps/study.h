@@ -1,0 +1,51 @@
+// The site adapter and the study flows behind the CLI: simulate, coordinator, site, train,
+// evaluate, predict, index and demo. apps/ is where training/ and federation/ meet.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/config.h"
+#include "common/status.h"
+
+namespace fedrad::app {
+
+// Coordinator plus one child process per site on this machine. data_root holds one folder per
+// site (cfg.sites), each with train/ and val/. Writes the study's outputs to out_dir.
+Status simulate(const StudyConfig& config, const std::string& data_root, const std::string& out_dir);
+
+// The coordinator alone (real deployments): waits for cfg.sites at cfg.federation.address.
+Status coordinator(const StudyConfig& config, const std::string& out_dir);
+
+// One site: site_dir holds train/ and val/ with labels.csv each. threads: torch and decoding
+// threads (0 = config's train.threads).
+Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
+            const std::string& address, int threads);
+
+// Centralised baseline on the union of `sites` (one name: single-site baseline); trains on their
+// train splits for cfg.baseline_epochs(), picks the threshold on their val splits, saves
+// out_dir/model.pt (+ .json) and out_dir/summary.json.
+Status train(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
+             const std::string& out_dir);
+
+// Evaluates a saved model on folders with labels.csv (pooled) at its saved threshold (or
+// `threshold` when >= 0). Returns {auc, accuracy, sensitivity, specificity, threshold, n, ...}.
+StatusOr<nlohmann::json> evaluate(const std::string& model_path, const std::vector<std::string>& data_dirs,
+                                  double threshold = -1);
+
+// Probability per image for DICOM files or folders; CSV (file,probability,prediction) to `csv_out`
+// ("-" = stdout).
+Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out);
+
+// A report of a labelled folder: counts per label, unreadable and unlabelled files.
+StatusOr<nlohmann::json> index_folder(const std::string& dir);
+
+// Writes synthetic DICOM sites under out_dir/data and runs a short federated study.
+Status demo(const std::string& out_dir, int rounds);
+
+// The demo's study config (configs/demo.yaml, embedded at build time).
+const char* demo_config_yaml();
+
+}  // namespace fedrad::app

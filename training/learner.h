@@ -1,0 +1,32 @@
+// The site's side of the federation: training/ implements federation's Learner interface over a
+// site's train and validation splits. Torch exceptions stop here and become Status values.
+#pragma once
+
+#include <memory>
+
+#include "common/config.h"
+#include "federation/federation.h"
+#include "models/classifier.h"
+#include "training/dataset.h"
+
+namespace fedrad::training {
+
+class TorchLearner : public fed::Learner {
+ public:
+  // Takes the site's data; the model is built from the config and overwritten by each round's
+  // global weights. `site_index` decorrelates the sites' shuffling and augmentation.
+  TorchLearner(const StudyConfig& config, ImageSet train, ImageSet val, int site_index);
+
+  StatusOr<fed::FitReport> fit(const fed::Weights& global, const fed::RoundSettings& settings) override;
+  StatusOr<fed::EvalReport> evaluate(const fed::Weights& global) override;
+  uint64_t num_train_examples() const override { return static_cast<uint64_t>(train_.size()); }
+  uint64_t num_val_examples() const override { return static_cast<uint64_t>(val_.size()); }
+
+ private:
+  StudyConfig config_;
+  ImageSet train_, val_;
+  int site_index_;
+  models::Classifier model_;
+};
+
+}  // namespace fedrad::training

@@ -1,0 +1,61 @@
+// Local training and evaluation as free functions (after PyTorch's C++ examples). They throw
+// torch exceptions; the callers at the boundary (TorchLearner, the app) turn them into Status.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "common/config.h"
+#include "common/metrics.h"
+#include "models/classifier.h"
+#include "training/dataset.h"
+
+namespace fedrad::training {
+
+struct FitOptions {
+  int epochs = 1;
+  int batch_size = 64;
+  double lr = 0.001;
+  std::string optimizer = "adam";  // adam | sgd
+  double momentum = 0.9;
+  double weight_decay = 0.0001;
+  uint64_t seed = 0;               // shuffling and augmentation; same seed, same run
+  bool augment = true;
+  bool hflip = false;
+  // Called after each epoch with its index (0-based) and mean loss; for progress output.
+  std::function<void(int epoch, double loss)> on_epoch;
+};
+
+FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed);
+
+struct FitStats {
+  double loss = 0;        // mean training loss of the last epoch
+  int64_t samples = 0;    // samples per epoch
+  double seconds = 0;
+};
+
+// Trains `model` on `data` in place. The optimiser is fresh for each call (FedAvg sites restart
+// their optimiser state each round).
+FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& options);
+
+struct Predictions {
+  std::vector<float> scores;  // sigmoid probabilities
+  std::vector<int> labels;
+  double loss = 0;            // mean BCE (when labels are known)
+};
+
+// Scores every image, in eval mode, without gradients.
+Predictions predict(models::Classifier& model, const ImageSet& data, int batch_size = 256);
+
+// Random shifts, small rotations and scaling, optional horizontal flips and brightness/contrast
+// jitter, drawn from `gen` so that a run is reproducible. x: [N, 1, S, S].
+torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen);
+
+// Sets LibTorch's intra-op threads: n > 0 as given, 0 = all cores.
+void set_threads(int n);
+
+}  // namespace fedrad::training
