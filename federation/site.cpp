@@ -1,1 +1,204 @@
-// placeholder
+#include <exception>
+#include <string>
+#include <zmq.hpp>
+
+#include "common/log.h"
+#include "federation/detail/net.h"
+#include "federation/federation.h"
+#include "federation/wire.h"
+
+namespace fedrad::fed {
+namespace {
+
+using detail::Clock;
+using wire::MessageType;
+
+uint32_t code_of(const Status& st) { return static_cast<uint32_t>(st.code()); }
+
+// Learners wrap libraries that throw (LibTorch); an exception must become a status code on the
+// wire, not a dead site.
+template <typename F>
+auto call_learner(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return internal_error(std::string("learner threw: ") + e.what());
+  } catch (...) {
+    return internal_error("learner threw a non-standard exception");
+  }
+}
+
+class SiteRunner {
+ public:
+  SiteRunner(Learner& learner, const SiteOptions& options)
+      : learner_(learner), opt_(options), log_(logger("site-" + options.site_id)) {}
+
+  Status run() {
+    if (opt_.site_id.empty()) return invalid_argument("site: empty site id");
+    try {
+      return serve();
+    } catch (const zmq::error_t& e) {
+      return io_error("site '" + opt_.site_id + "' to coordinator at " + opt_.coordinator_address +
+                      ": zmq: " + e.what());
+    } catch (const std::exception& e) {
+      return internal_error("site '" + opt_.site_id + "': " + e.what());
+    }
+  }
+
+ private:
+  Status serve() {
+    socket_ = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+    detail::configure_socket(socket_, opt_.max_message_bytes);
+    // The coordinator's ROUTER addresses us by this id, and a reconnect keeps it.
+    socket_.set(zmq::sockopt::routing_id, opt_.site_id);
+    try {
+      socket_.connect(opt_.coordinator_address);
+    } catch (const zmq::error_t& e) {
+      return io_error("site '" + opt_.site_id + "' cannot connect to " + opt_.coordinator_address + ": " +
+                      e.what());
+    }
+    FEDRAD_RETURN_IF_ERROR(send(0, wire::Join{learner_.num_train_examples(), learner_.num_val_examples()}));
+    log_->info("joining study '{}' at {}", opt_.study, opt_.coordinator_address);
+
+    for (;;) {
+      const auto deadline = detail::deadline_after(opt_.idle_timeout_s);
+      FEDRAD_ASSIGN_OR_RETURN(bool ready, detail::wait_readable(socket_, deadline));
+      if (!ready)
+        return timeout_error("site '" + opt_.site_id + "': no message from the coordinator at " +
+                             opt_.coordinator_address + " for " + std::to_string(opt_.idle_timeout_s) + " s");
+      zmq::message_t frame;
+      if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
+      if (frame.more()) {
+        drain_multipart();
+        log_->warn("skipped a multi-frame message");
+        continue;
+      }
+      auto decoded = wire::decode(frame.data(), frame.size(), opt_.max_message_bytes);
+      if (!decoded.ok()) {
+        log_->warn("skipped a malformed message: {}", decoded.status().to_string());
+        continue;
+      }
+      wire::Message& m = decoded->message;
+      if (m.study != opt_.study) {
+        log_->warn("ignored {} for study '{}' (this site is in '{}')", wire::message_type_name(m.type()),
+                   detail::printable(m.study), opt_.study);
+        continue;
+      }
+      bool done = false;
+      FEDRAD_RETURN_IF_ERROR(dispatch(m, &done));
+      if (done) return ok_status();
+    }
+  }
+
+  void drain_multipart() {
+    zmq::message_t part;
+    while (socket_.get(zmq::sockopt::rcvmore)) {
+      if (!socket_.recv(part, zmq::recv_flags::dontwait)) break;
+    }
+  }
+
+  Status dispatch(wire::Message& m, bool* done) {
+    switch (m.type()) {
+      case MessageType::kJoinAck:
+        log_->info("joined study '{}'", opt_.study);
+        return ok_status();
+      case MessageType::kReject: {
+        const uint32_t reason = std::get<wire::Reject>(m.body).reason;
+        return invalid_argument("site '" + opt_.site_id + "': the coordinator at " +
+                                opt_.coordinator_address + " refused to admit it to study '" + opt_.study +
+                                "' (reason code " + std::to_string(reason) + ")");
+      }
+      case MessageType::kFitIns:
+        return on_fit(m.round, std::get<wire::FitIns>(m.body));
+      case MessageType::kEvalIns:
+        return on_eval(m.round, std::get<wire::EvalIns>(m.body));
+      case MessageType::kShutdown:
+        log_->info("coordinator ended the study (reason {})", std::get<wire::Shutdown>(m.body).reason);
+        *done = true;
+        return ok_status();
+      default:
+        log_->warn("ignored unexpected {}", wire::message_type_name(m.type()));
+        return ok_status();
+    }
+  }
+
+  Status on_fit(uint32_t round, const wire::FitIns& ins) {
+    const auto start = Clock::now();
+    auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
+    if (!eval.ok()) return reply_fit_failure(round, "evaluation", eval.status());
+    auto fit = call_learner([&] { return learner_.fit(ins.weights, ins.settings); });
+    if (!fit.ok()) return reply_fit_failure(round, "training", fit.status());
+
+    wire::FitRes res;
+    res.num_examples = fit->num_examples;
+    res.train_loss = fit->train_loss;
+    res.train_seconds = fit->train_seconds;
+    res.eval = std::move(eval).value();
+    res.weights = std::move(fit->weights);
+    Status sent = send(round, std::move(res));
+    if (sent.code() == StatusCode::kInvalidArgument)
+      return reply_fit_failure(round, "encoding the update", sent);
+    FEDRAD_RETURN_IF_ERROR(sent);
+    log_->info("round {}: trained on {} examples, loss {:.4f}, {:.1f} s", round, fit->num_examples,
+               fit->train_loss, detail::seconds_since(start));
+    return ok_status();
+  }
+
+  // The full error stays in this site's log; only its code crosses the network.
+  Status reply_fit_failure(uint32_t round, const char* what, const Status& error) {
+    log_->error("round {}: {} failed: {}", round, what, error.to_string());
+    wire::FitRes res;
+    res.status = code_of(error);
+    return send(round, std::move(res));
+  }
+
+  Status on_eval(uint32_t round, const wire::EvalIns& ins) {
+    auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
+    wire::EvalRes res;
+    if (eval.ok()) {
+      res.eval = std::move(eval).value();
+    } else {
+      log_->error("final evaluation failed: {}", eval.status().to_string());
+      res.status = code_of(eval.status());
+    }
+    Status sent = send(round, res);
+    if (sent.code() == StatusCode::kInvalidArgument) {
+      log_->error("final evaluation: cannot encode the report: {}", sent.to_string());
+      return send(round, wire::EvalRes{code_of(sent), {}});
+    }
+    return sent;
+  }
+
+  // invalid_argument means the message itself is unusable (too big, inconsistent shapes), which
+  // callers turn into a failure reply; other errors are transport failures.
+  Status send(uint32_t round, wire::Body body) {
+    wire::Message m;
+    m.study = opt_.study;
+    m.round = round;
+    m.sender = opt_.site_id;
+    m.compression = opt_.compression;
+    m.body = std::move(body);
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(m, opt_.zstd_level));
+    if (enc.bytes.size() > opt_.max_message_bytes)
+      return invalid_argument(std::string(wire::message_type_name(m.type())) + " of " +
+                              std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
+                              std::to_string(opt_.max_message_bytes));
+    socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::none);
+    return ok_status();
+  }
+
+  Learner& learner_;
+  const SiteOptions& opt_;
+  std::shared_ptr<spdlog::logger> log_;
+  zmq::context_t ctx_;
+  zmq::socket_t socket_;
+};
+
+}  // namespace
+
+Status run_site(Learner& learner, const SiteOptions& options) {
+  SiteRunner runner(learner, options);
+  return runner.run();
+}
+
+}  // namespace fedrad::fed

@@ -1,1 +1,461 @@
-// placeholder
+#include "federation/wire.h"
+
+#include <zstd.h>
+
+#include <cstring>
+#include <limits>
+
+namespace fedrad::fed::wire {
+namespace {
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+constexpr bool kLittleEndianHost = true;
+#else
+constexpr bool kLittleEndianHost = false;
+#endif
+
+// ---- writing -------------------------------------------------------------------------------
+
+class Writer {
+ public:
+  explicit Writer(std::string* out) : out_(out) {}
+
+  void u8(uint8_t v) { out_->push_back(static_cast<char>(v)); }
+  void u16(uint16_t v) { put_le(v); }
+  void u32(uint32_t v) { put_le(v); }
+  void u64(uint64_t v) { put_le(v); }
+  void i64(int64_t v) { put_le(static_cast<uint64_t>(v)); }
+  void f64(double v) {
+    uint64_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    put_le(bits);
+  }
+  void bytes(const void* p, size_t n) { out_->append(static_cast<const char*>(p), n); }
+  void str(const std::string& s) {
+    u32(static_cast<uint32_t>(s.size()));
+    bytes(s.data(), s.size());
+  }
+  void f32_array(const std::vector<float>& v) {
+    if constexpr (kLittleEndianHost) {
+      bytes(v.data(), v.size() * sizeof(float));
+    } else {
+      for (float f : v) {
+        uint32_t bits;
+        std::memcpy(&bits, &f, sizeof bits);
+        put_le(bits);
+      }
+    }
+  }
+
+ private:
+  template <typename T>
+  void put_le(T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) out_->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+
+  std::string* out_;
+};
+
+Status check_string(const std::string& s, const char* what) {
+  if (s.size() > kMaxStringBytes)
+    return invalid_argument(std::string(what) + " is longer than " + std::to_string(kMaxStringBytes) +
+                            " bytes");
+  return ok_status();
+}
+
+// Element count of a shape, or an error when a dim is negative or the product overflows.
+StatusOr<uint64_t> shape_elements(const std::vector<int64_t>& shape) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return corrupt("negative dimension " + std::to_string(d));
+    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d))
+      return corrupt("element count overflows");
+    n *= static_cast<uint64_t>(d);
+  }
+  return n;
+}
+
+Status put_weights(Writer& w, const Weights& weights) {
+  if (weights.size() > kMaxTensors)
+    return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
+  w.u32(static_cast<uint32_t>(weights.size()));
+  for (const TensorRecord& t : weights) {
+    FEDRAD_RETURN_IF_ERROR(check_string(t.name, "tensor name"));
+    if (t.shape.size() > kMaxDims)
+      return invalid_argument("tensor " + t.name + " has more than " + std::to_string(kMaxDims) + " dims");
+    auto n = shape_elements(t.shape);
+    if (!n.ok()) return invalid_argument("tensor " + t.name + ": " + n.status().message());
+    if (*n != t.data.size())
+      return invalid_argument("tensor " + t.name + " has " + std::to_string(t.data.size()) + " values for " +
+                              std::to_string(*n) + " elements of its shape");
+    w.str(t.name);
+    w.u32(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) w.i64(d);
+    w.f32_array(t.data);
+  }
+  return ok_status();
+}
+
+void put_settings(Writer& w, const RoundSettings& s) {
+  w.u32(s.round);
+  w.u32(s.local_epochs);
+  w.u32(s.batch_size);
+  w.f64(s.lr);
+  w.u64(s.seed);
+}
+
+Status put_eval(Writer& w, const EvalReport& e) {
+  const ScoreHistogram& h = e.histogram;
+  if (h.neg.size() != h.pos.size())
+    return invalid_argument("histogram has " + std::to_string(h.neg.size()) + " negative and " +
+                            std::to_string(h.pos.size()) + " positive bins");
+  if (h.neg.size() > kMaxHistogramBins)
+    return invalid_argument("histogram has more than " + std::to_string(kMaxHistogramBins) + " bins");
+  w.u64(e.num_examples);
+  w.f64(e.loss);
+  w.u32(static_cast<uint32_t>(h.neg.size()));
+  for (uint64_t c : h.neg) w.u64(c);
+  for (uint64_t c : h.pos) w.u64(c);
+  return ok_status();
+}
+
+struct BodyWriter {
+  Writer& w;
+  Status operator()(const Join& b) {
+    w.u64(b.num_train);
+    w.u64(b.num_val);
+    return ok_status();
+  }
+  Status operator()(const JoinAck&) { return ok_status(); }
+  Status operator()(const Reject& b) {
+    w.u32(b.reason);
+    return ok_status();
+  }
+  Status operator()(const FitIns& b) {
+    put_settings(w, b.settings);
+    return put_weights(w, b.weights);
+  }
+  Status operator()(const FitRes& b) {
+    w.u32(b.status);
+    w.u64(b.num_examples);
+    w.f64(b.train_loss);
+    w.f64(b.train_seconds);
+    FEDRAD_RETURN_IF_ERROR(put_eval(w, b.eval));
+    return put_weights(w, b.weights);
+  }
+  Status operator()(const EvalIns& b) { return put_weights(w, b.weights); }
+  Status operator()(const EvalRes& b) {
+    w.u32(b.status);
+    return put_eval(w, b.eval);
+  }
+  Status operator()(const Shutdown& b) {
+    w.u32(b.reason);
+    return ok_status();
+  }
+};
+
+// ---- reading -------------------------------------------------------------------------------
+
+// A cursor over untrusted bytes. The first failure sticks: later reads return zeros and the
+// caller checks status() once per structure, so a decoder cannot walk past a short buffer.
+class Reader {
+ public:
+  Reader(const uint8_t* p, size_t n) : p_(p), left_(n) {}
+
+  const Status& status() const { return status_; }
+  bool ok() const { return status_.ok(); }
+  size_t left() const { return left_; }
+  const uint8_t* position() const { return p_; }
+
+  uint8_t u8() { return get_le<uint8_t>("u8"); }
+  uint16_t u16() { return get_le<uint16_t>("u16"); }
+  uint32_t u32() { return get_le<uint32_t>("u32"); }
+  uint64_t u64() { return get_le<uint64_t>("u64"); }
+  int64_t i64() { return static_cast<int64_t>(get_le<uint64_t>("i64")); }
+  double f64() {
+    const uint64_t bits = u64();
+    double v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+
+  std::string str(const char* what) {
+    const uint32_t n = u32();
+    if (!ok()) return {};
+    if (n > kMaxStringBytes) {
+      fail(std::string(what) + " length " + std::to_string(n) + " exceeds " +
+           std::to_string(kMaxStringBytes));
+      return {};
+    }
+    if (!take(n, what)) return {};
+    return std::string(reinterpret_cast<const char*>(p_ - n), n);
+  }
+
+  // Checks that `count` items of `item_bytes` each are still there before anyone allocates them.
+  bool fits(uint64_t count, size_t item_bytes, const char* what) {
+    if (!ok()) return false;
+    if (item_bytes != 0 && count > left_ / item_bytes) {
+      fail(std::string(what) + ": " + std::to_string(count) + " items declared, only " +
+           std::to_string(left_) + " bytes left");
+      return false;
+    }
+    return true;
+  }
+
+  void f32_array(uint64_t count, std::vector<float>* out) {
+    if (!fits(count, sizeof(float), "tensor data")) return;
+    out->resize(count);
+    if constexpr (kLittleEndianHost) {
+      if (count != 0) std::memcpy(out->data(), p_, count * sizeof(float));
+      take(count * sizeof(float), "tensor data");
+    } else {
+      for (uint64_t i = 0; i < count; ++i) {
+        const uint32_t bits = u32();
+        std::memcpy(&(*out)[i], &bits, sizeof bits);
+      }
+    }
+  }
+
+  void fail(std::string reason) {
+    if (ok()) status_ = corrupt(std::move(reason));
+    left_ = 0;
+  }
+
+ private:
+  bool take(size_t n, const char* what) {
+    if (!ok()) return false;
+    if (n > left_) {
+      fail(std::string("truncated ") + what + ": need " + std::to_string(n) + " bytes, " +
+           std::to_string(left_) + " left");
+      return false;
+    }
+    p_ += n;
+    left_ -= n;
+    return true;
+  }
+
+  template <typename T>
+  T get_le(const char* what) {
+    const uint8_t* start = p_;
+    if (!take(sizeof(T), what)) return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<uint64_t>(start[i]) << (8 * i);
+    return static_cast<T>(v);
+  }
+
+  const uint8_t* p_;
+  size_t left_;
+  Status status_;
+};
+
+void read_weights(Reader& r, Weights* out) {
+  const uint32_t count = r.u32();
+  if (!r.ok()) return;
+  if (count > kMaxTensors)
+    return r.fail("tensor count " + std::to_string(count) + " exceeds " + std::to_string(kMaxTensors));
+  // Each tensor needs at least a name length and a dim count.
+  if (!r.fits(count, 8, "tensors")) return;
+  out->resize(count);
+  for (TensorRecord& t : *out) {
+    t.name = r.str("tensor name");
+    const uint32_t ndim = r.u32();
+    if (!r.ok()) return;
+    if (ndim > kMaxDims)
+      return r.fail("tensor " + t.name + " has " + std::to_string(ndim) + " dims, more than " +
+                    std::to_string(kMaxDims));
+    if (!r.fits(ndim, 8, "dims")) return;
+    t.shape.resize(ndim);
+    for (int64_t& d : t.shape) d = r.i64();
+    if (!r.ok()) return;
+    auto n = shape_elements(t.shape);
+    if (!n.ok()) return r.fail("tensor " + t.name + ": " + n.status().message());
+    r.f32_array(*n, &t.data);
+    if (!r.ok()) return;
+  }
+}
+
+void read_settings(Reader& r, RoundSettings* s) {
+  s->round = r.u32();
+  s->local_epochs = r.u32();
+  s->batch_size = r.u32();
+  s->lr = r.f64();
+  s->seed = r.u64();
+}
+
+void read_eval(Reader& r, EvalReport* e) {
+  e->num_examples = r.u64();
+  e->loss = r.f64();
+  const uint32_t bins = r.u32();
+  if (!r.ok()) return;
+  if (bins > kMaxHistogramBins)
+    return r.fail("histogram bins " + std::to_string(bins) + " exceed " + std::to_string(kMaxHistogramBins));
+  if (!r.fits(uint64_t{bins} * 2, 8, "histogram")) return;
+  e->histogram.neg.resize(bins);
+  e->histogram.pos.resize(bins);
+  for (uint64_t& c : e->histogram.neg) c = r.u64();
+  for (uint64_t& c : e->histogram.pos) c = r.u64();
+}
+
+Body read_body(Reader& r, MessageType type) {
+  switch (type) {
+    case MessageType::kJoin: {
+      Join b;
+      b.num_train = r.u64();
+      b.num_val = r.u64();
+      return b;
+    }
+    case MessageType::kJoinAck:
+      return JoinAck{};
+    case MessageType::kReject:
+      return Reject{r.u32()};
+    case MessageType::kFitIns: {
+      FitIns b;
+      read_settings(r, &b.settings);
+      read_weights(r, &b.weights);
+      return b;
+    }
+    case MessageType::kFitRes: {
+      FitRes b;
+      b.status = r.u32();
+      b.num_examples = r.u64();
+      b.train_loss = r.f64();
+      b.train_seconds = r.f64();
+      read_eval(r, &b.eval);
+      read_weights(r, &b.weights);
+      return b;
+    }
+    case MessageType::kEvalIns: {
+      EvalIns b;
+      read_weights(r, &b.weights);
+      return b;
+    }
+    case MessageType::kEvalRes: {
+      EvalRes b;
+      b.status = r.u32();
+      read_eval(r, &b.eval);
+      return b;
+    }
+    case MessageType::kShutdown:
+      return Shutdown{r.u32()};
+  }
+  r.fail("unknown message type");
+  return JoinAck{};
+}
+
+StatusOr<std::string> decompress(const uint8_t* p, size_t n, size_t max_bytes) {
+  const unsigned long long declared = ZSTD_getFrameContentSize(p, n);
+  if (declared == ZSTD_CONTENTSIZE_ERROR) return corrupt("body is not a zstd frame");
+  if (declared == ZSTD_CONTENTSIZE_UNKNOWN) return corrupt("zstd frame does not declare its size");
+  if (declared > max_bytes)
+    return corrupt("zstd frame declares " + std::to_string(declared) + " bytes, more than the limit of " +
+                   std::to_string(max_bytes));
+  std::string out(static_cast<size_t>(declared), '\0');
+  const size_t got = ZSTD_decompress(out.data(), out.size(), p, n);
+  if (ZSTD_isError(got)) return corrupt(std::string("zstd: ") + ZSTD_getErrorName(got));
+  if (got != declared) return corrupt("zstd frame shorter than it declares");
+  return out;
+}
+
+}  // namespace
+
+const char* message_type_name(MessageType type) {
+  switch (type) {
+    case MessageType::kJoin:
+      return "JOIN";
+    case MessageType::kJoinAck:
+      return "JOIN_ACK";
+    case MessageType::kReject:
+      return "REJECT";
+    case MessageType::kFitIns:
+      return "FIT_INS";
+    case MessageType::kFitRes:
+      return "FIT_RES";
+    case MessageType::kEvalIns:
+      return "EVAL_INS";
+    case MessageType::kEvalRes:
+      return "EVAL_RES";
+    case MessageType::kShutdown:
+      return "SHUTDOWN";
+  }
+  return "UNKNOWN";
+}
+
+StatusOr<Encoded> encode(const Message& message, int zstd_level) {
+  FEDRAD_RETURN_IF_ERROR(check_string(message.study, "study"));
+  FEDRAD_RETURN_IF_ERROR(check_string(message.sender, "sender"));
+  if (message.compression != Compression::kNone && message.compression != Compression::kZstd)
+    return invalid_argument("unknown compression");
+  Encoded enc;
+  Writer head(&enc.bytes);
+  head.bytes(kMagic, sizeof kMagic);
+  head.u16(kVersion);
+  head.u16(static_cast<uint16_t>(message.type()));
+  head.str(message.study);
+  head.u32(message.round);
+  head.str(message.sender);
+  head.u8(static_cast<uint8_t>(message.compression));
+
+  std::string body;
+  Writer bw(&body);
+  FEDRAD_RETURN_IF_ERROR(std::visit(BodyWriter{bw}, message.body));
+  enc.raw_size = enc.bytes.size() + body.size();
+  if (message.compression == Compression::kNone) {
+    enc.bytes += body;
+    return enc;
+  }
+  const size_t head_size = enc.bytes.size();
+  enc.bytes.resize(head_size + ZSTD_compressBound(body.size()));
+  const size_t n = ZSTD_compress(enc.bytes.data() + head_size, enc.bytes.size() - head_size, body.data(),
+                                 body.size(), zstd_level);
+  if (ZSTD_isError(n)) return internal_error(std::string("zstd: ") + ZSTD_getErrorName(n));
+  enc.bytes.resize(head_size + n);
+  return enc;
+}
+
+StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes) {
+  if (size > max_message_bytes)
+    return corrupt("message of " + std::to_string(size) + " bytes exceeds the limit of " +
+                   std::to_string(max_message_bytes));
+  Reader r(static_cast<const uint8_t*>(data), size);
+  if (size < sizeof kMagic || std::memcmp(data, kMagic, sizeof kMagic) != 0)
+    return corrupt("bad magic (not a fedrad message)");
+  r.u32();  // the magic, checked above
+  const uint16_t version = r.u16();
+  const uint16_t type = r.u16();
+  if (!r.ok()) return r.status();
+  if (version != kVersion)
+    return unsupported("protocol version " + std::to_string(version) + " (this build speaks " +
+                       std::to_string(kVersion) + ")");
+  if (type < static_cast<uint16_t>(MessageType::kJoin) ||
+      type > static_cast<uint16_t>(MessageType::kShutdown))
+    return corrupt("unknown message type " + std::to_string(type));
+
+  Decoded out;
+  Message& m = out.message;
+  m.study = r.str("study");
+  m.round = r.u32();
+  m.sender = r.str("sender");
+  const uint8_t compression = r.u8();
+  if (!r.ok()) return r.status();
+  if (compression > static_cast<uint8_t>(Compression::kZstd))
+    return corrupt("unknown compression " + std::to_string(compression));
+  m.compression = static_cast<Compression>(compression);
+  const size_t head_size = size - r.left();
+
+  std::string inflated;
+  Reader body = r;
+  if (m.compression == Compression::kZstd) {
+    FEDRAD_ASSIGN_OR_RETURN(inflated, decompress(r.position(), r.left(), max_message_bytes));
+    body = Reader(reinterpret_cast<const uint8_t*>(inflated.data()), inflated.size());
+  }
+  const size_t body_size = body.left();
+  m.body = read_body(body, static_cast<MessageType>(type));
+  if (!body.ok()) return body.status().with_context(message_type_name(static_cast<MessageType>(type)));
+  if (body.left() != 0)
+    return corrupt(std::to_string(body.left()) + " trailing bytes after the " +
+                   message_type_name(static_cast<MessageType>(type)) + " body");
+  out.raw_size = head_size + body_size;
+  return out;
+}
+
+}  // namespace fedrad::fed::wire

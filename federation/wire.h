@@ -1,0 +1,129 @@
+// The byte layout of fedrad's federation messages (private to federation/).
+//
+// A message is one ZeroMQ frame:
+//   magic "FDRD" | u16 version (1) | u16 type | str study | u32 round | str sender |
+//   u8 compression | body
+// The body alone is a zstd frame when compression == kZstd, so a receiver can route and refuse a
+// message (wrong study, wrong round) from the header without paying for the weights.
+// Integers are little-endian, doubles and floats travel as IEEE-754 bit patterns, a str is a u32
+// length and that many bytes (at most kMaxStringBytes).
+//
+// Bodies:
+//   JOIN      u64 n_train | u64 n_val
+//   JOIN_ACK  (empty)
+//   REJECT    u32 reason (RejectReason)
+//   FIT_INS   settings | weights
+//   FIT_RES   u32 status (a StatusCode; 0 = ok) | u64 num_examples | f64 train_loss |
+//             f64 train_seconds | eval | weights
+//   EVAL_INS  weights
+//   EVAL_RES  u32 status | eval
+//   SHUTDOWN  u32 reason (ShutdownReason)
+// settings:  u32 round | u32 local_epochs | u32 batch_size | f64 lr | u64 seed
+// eval:      u64 num_examples | f64 loss | histogram
+// histogram: u32 bins | bins x u64 neg | bins x u64 pos
+// weights:   u32 count | count x (str name | u32 ndim | ndim x i64 dim | prod(dims) x f32)
+//
+// Decoding treats every byte as hostile: lengths are checked against the bytes left and against
+// the limits below before anything is allocated, and every failure is a Status, never a throw.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <variant>
+
+#include "common/status.h"
+#include "federation/federation.h"
+
+namespace fedrad::fed::wire {
+
+inline constexpr char kMagic[4] = {'F', 'D', 'R', 'D'};
+inline constexpr uint16_t kVersion = 1;
+inline constexpr uint32_t kMaxStringBytes = 4096;
+inline constexpr uint32_t kMaxTensors = 1u << 16;
+inline constexpr uint32_t kMaxDims = 16;
+inline constexpr uint32_t kMaxHistogramBins = 1u << 20;
+
+enum class MessageType : uint16_t {
+  kJoin = 1,
+  kJoinAck = 2,
+  kReject = 3,
+  kFitIns = 4,
+  kFitRes = 5,
+  kEvalIns = 6,
+  kEvalRes = 7,
+  kShutdown = 8,
+};
+const char* message_type_name(MessageType type);
+
+// Numbers, not text, so that nothing a site was told about itself leaks into logs elsewhere.
+enum class RejectReason : uint32_t {
+  kWrongStudy = 1,
+  kUnknownSite = 2,
+  kUnexpected = 3,  // a message the coordinator cannot place (e.g. a result before joining)
+};
+enum class ShutdownReason : uint32_t { kDone = 0, kAborted = 1 };
+
+struct Join {
+  uint64_t num_train = 0;
+  uint64_t num_val = 0;
+};
+struct JoinAck {};
+struct Reject {
+  uint32_t reason = 0;
+};
+struct FitIns {
+  RoundSettings settings;
+  Weights weights;
+};
+struct FitRes {
+  uint32_t status = 0;
+  uint64_t num_examples = 0;
+  double train_loss = 0;
+  double train_seconds = 0;
+  EvalReport eval;
+  Weights weights;
+};
+struct EvalIns {
+  Weights weights;
+};
+struct EvalRes {
+  uint32_t status = 0;
+  EvalReport eval;
+};
+struct Shutdown {
+  uint32_t reason = 0;
+};
+
+// Alternatives in MessageType order: the type on the wire is the variant index + 1.
+using Body = std::variant<Join, JoinAck, Reject, FitIns, FitRes, EvalIns, EvalRes, Shutdown>;
+
+struct Message {
+  std::string study;
+  uint32_t round = 0;
+  std::string sender;
+  Compression compression = Compression::kNone;
+  Body body;
+
+  MessageType type() const { return static_cast<MessageType>(body.index() + 1); }
+};
+
+struct Encoded {
+  std::string bytes;      // what goes on the wire
+  uint64_t raw_size = 0;  // header + uncompressed body
+};
+
+// Fails (invalid_argument) on what the decoder would refuse: over-long strings, a tensor whose
+// data disagrees with its shape, a histogram whose classes differ in bins.
+StatusOr<Encoded> encode(const Message& message, int zstd_level = 3);
+
+struct Decoded {
+  Message message;
+  uint64_t raw_size = 0;  // header + uncompressed body
+};
+
+// Refuses (corrupt/unsupported) anything malformed, including inputs or decompressed bodies
+// larger than max_message_bytes and trailing bytes after the body.
+StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes);
+
+}  // namespace fedrad::fed::wire
