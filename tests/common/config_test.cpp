@@ -1,0 +1,74 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+namespace fedrad {
+namespace {
+
+TEST(Config, DefaultsFillWhatIsNotGiven) {
+  auto c = parse_study_config("name: x\nrounds: 3\nsites: [a, b]\ntrain: {lr: 0.01}\n", "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->rounds, 3);
+  EXPECT_EQ(c->sites, (std::vector<std::string>{"a", "b"}));
+  EXPECT_DOUBLE_EQ(c->train.lr, 0.01);
+  EXPECT_EQ(c->train.batch_size, TrainConfig{}.batch_size);
+  EXPECT_EQ(c->data.input_size, DataConfig{}.input_size);
+  EXPECT_EQ(c->baseline_epochs(), 3);
+}
+
+TEST(Config, ToYamlRoundTrips) {
+  auto c = parse_study_config("name: x\nseed: 9\nrounds: 4\nsites: [s1]\nmodel: {width: 8, norm: group}\n", "t.yaml");
+  ASSERT_TRUE(c.ok());
+  auto again = parse_study_config(to_yaml(*c), "again.yaml");
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(to_yaml(*again), to_yaml(*c));
+  EXPECT_EQ(again->model.norm, "group");
+  EXPECT_EQ(again->seed, 9u);
+}
+
+struct BadCase {
+  const char* yaml;
+  const char* expected_in_message;
+};
+
+class BadConfig : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfig, FailsNamingFileAndKey) {
+  auto c = parse_study_config(GetParam().yaml, "study.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("study.yaml"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find(GetParam().expected_in_message), std::string::npos) << c.status().message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BadConfig,
+    ::testing::Values(BadCase{"rounds: 0\n", "rounds: must be at least 1"},
+                      BadCase{"rounds: many\n", "rounds: expected an integer, got 'many'"},
+                      BadCase{"roundz: 3\n", "roundz: unknown key"},
+                      BadCase{"train: {lr: -1}\n", "train.lr"},
+                      BadCase{"train: {optimiser: sgd}\n", "train.optimiser: unknown key"},
+                      BadCase{"model: {norm: layer}\n", "model.norm"},
+                      BadCase{"data: {input_size: 3}\n", "data.input_size"},
+                      BadCase{"sites: [a, a]\n", "listed twice"},
+                      BadCase{"sites: [a]\nfederation: {min_sites: 2}\n", "federation.min_sites"},
+                      BadCase{"federation: {compression: lz4}\n", "federation.compression"},
+                      BadCase{"model: 3\n", "model: expected a mapping"},
+                      BadCase{"rounds: [1\n", "not valid YAML"}));
+
+TEST(Config, MissingFileIsNotFound) {
+  auto c = load_study_config("/nonexistent/study.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(c.status().message().find("/nonexistent/study.yaml"), std::string::npos);
+}
+
+TEST(Config, ShippedConfigsAreValid) {
+  for (const char* path : {"configs/pneumonia.yaml", "configs/demo.yaml"}) {
+    auto c = load_study_config(path);
+    EXPECT_TRUE(c.ok()) << path << ": " << c.status().to_string();
+  }
+}
+
+}  // namespace
+}  // namespace fedrad

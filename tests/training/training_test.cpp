@@ -1,0 +1,197 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "common/metrics.h"
+#include "imaging/synthetic.h"
+#include "tests/test_data.h"
+#include "training/checkpoint.h"
+#include "training/dataset.h"
+#include "training/learner.h"
+#include "training/trainer.h"
+
+namespace fedrad::training {
+namespace {
+
+StudyConfig small_config() {
+  StudyConfig c;
+  c.name = "unit";
+  c.model.width = 8;
+  c.model.stages = 2;
+  c.data.input_size = 28;
+  c.train.batch_size = 32;
+  c.train.lr = 0.003;
+  c.sites = {"a"};
+  return c;
+}
+
+// Normal vs pneumonia synthetic images, preprocessed as real data would be.
+ImageSet synthetic_set(int per_class, int size, uint64_t seed) {
+  DataConfig data;
+  data.input_size = size;
+  const int n = 2 * per_class;
+  ImageSet set;
+  set.images = torch::empty({n, 1, size, size});
+  std::vector<float> labels;
+  for (int i = 0; i < n; ++i) {
+    const bool pneumonia = i % 2 == 1;
+    auto px = imaging::synthetic_chest_xray(48, pneumonia, 8, 1.0, 0.05, seed + i);
+    std::vector<float> f(px.begin(), px.end());
+    preprocess_image(f, 48, 48, data, set.images[i].data_ptr<float>());
+    labels.push_back(pneumonia ? 1.0f : 0.0f);
+    set.files.push_back("synthetic-" + std::to_string(i));
+  }
+  set.labels = torch::tensor(labels);
+  return set;
+}
+
+TEST(Preprocess, ResizesAndNormalisesToMinusOneOne) {
+  DataConfig data;
+  data.input_size = 4;
+  std::vector<float> px = {0, 100, 200, 300};  // 2x2
+  std::vector<float> out(16);
+  preprocess_image(px, 2, 2, data, out.data());
+  EXPECT_FLOAT_EQ(*std::min_element(out.begin(), out.end()), -1.0f);
+  EXPECT_FLOAT_EQ(*std::max_element(out.begin(), out.end()), 1.0f);
+  EXPECT_LT(out[0], out[3]);   // brighter to the right
+  EXPECT_LT(out[0], out[12]);  // and downwards
+}
+
+TEST(Dataset, LoadsARealSiteSplit) {
+  DataConfig data;
+  data.input_size = 28;
+  auto set = load_image_set(testing::pneumonia_site("site-c", "val"), data, 2);  // RLE, MONOCHROME1
+  ASSERT_TRUE(set.ok()) << set.status().to_string();
+  EXPECT_EQ(set->size(), 98);
+  EXPECT_TRUE(set->unreadable.empty());
+  EXPECT_EQ(set->images.sizes(), (std::vector<int64_t>{98, 1, 28, 28}));
+  EXPECT_LE(set->images.max().item<float>(), 1.0f);
+  EXPECT_GE(set->images.min().item<float>(), -1.0f);
+  EXPECT_EQ(set->positives(), set->index.label_counts["PNEUMONIA"]);
+}
+
+TEST(Dataset, UnreadableFilesAreListedAndSkipped) {
+  const std::string dir = testing::temp_dir("unreadable");
+  namespace fs = std::filesystem;
+  const std::string src = testing::pneumonia_site("site-a", "val");
+  fs::copy_file(src + "/P00000/IM00000.dcm", dir + "/good.dcm");
+  { std::ofstream(dir + "/bad.dcm") << "this is not DICOM"; }
+  { std::ofstream(dir + "/labels.csv") << "file,label\ngood.dcm,NORMAL\nbad.dcm,PNEUMONIA\n"; }
+  DataConfig data;
+  auto set = load_image_set(dir, data, 1);
+  ASSERT_TRUE(set.ok()) << set.status().to_string();
+  EXPECT_EQ(set->size(), 1);
+  ASSERT_EQ(set->unreadable.size(), 1u);
+  EXPECT_NE(set->unreadable[0].reason.find("bad.dcm"), std::string::npos) << set->unreadable[0].reason;
+}
+
+TEST(Augment, SameSeedSameOutputAndShapeKept) {
+  auto x = torch::randn({4, 1, 28, 28});
+  auto g1 = at::detail::createCPUGenerator(5), g2 = at::detail::createCPUGenerator(5);
+  auto a = augment(x, true, g1), b = augment(x, true, g2);
+  EXPECT_EQ(a.sizes(), x.sizes());
+  EXPECT_TRUE(torch::equal(a, b));
+  EXPECT_FALSE(torch::allclose(a, x));
+}
+
+TEST(Weights, RoundTripThroughFederationRecords) {
+  auto cfg = small_config();
+  torch::manual_seed(1);
+  models::Classifier a(classifier_options(cfg));
+  torch::manual_seed(2);
+  models::Classifier b(classifier_options(cfg));
+  auto w = to_weights(*a);
+  ASSERT_TRUE(load_weights(*b, w).ok());
+  auto x = torch::randn({3, 1, 28, 28});
+  a->eval();
+  b->eval();
+  EXPECT_TRUE(torch::equal(a->forward(x), b->forward(x)));
+  w.pop_back();
+  EXPECT_FALSE(load_weights(*b, w).ok());
+}
+
+TEST(Checkpoint, SaveLoadGivesTheSameModel) {
+  auto cfg = small_config();
+  models::Classifier m(classifier_options(cfg));
+  ModelMeta meta;
+  meta.threshold = 0.37;
+  meta.round = 4;
+  const std::string dir = testing::temp_dir("ckpt");
+  ASSERT_TRUE(save_model(dir + "/m.pt", *m, cfg, meta).ok());
+  auto loaded = load_model(dir + "/m.pt");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_DOUBLE_EQ(loaded->meta.threshold, 0.37);
+  EXPECT_EQ(loaded->meta.round, 4);
+  EXPECT_EQ(loaded->config.model.width, 8);
+  auto x = torch::randn({2, 1, 28, 28});
+  m->eval();
+  EXPECT_TRUE(torch::allclose(m->forward(x), loaded->model->forward(x)));
+}
+
+TEST(Checkpoint, CorruptFileIsRefusedNamingIt) {
+  auto cfg = small_config();
+  models::Classifier m(classifier_options(cfg));
+  const std::string dir = testing::temp_dir("ckpt-bad");
+  ASSERT_TRUE(save_model(dir + "/m.pt", *m, cfg, {}).ok());
+  { std::ofstream(dir + "/m.pt", std::ios::trunc) << "garbage"; }
+  auto loaded = load_model(dir + "/m.pt");
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.status().message().find("m.pt"), std::string::npos);
+  auto missing = load_model(dir + "/absent.pt");
+  ASSERT_FALSE(missing.ok());
+}
+
+TEST(Fit, LearnsSyntheticPneumonia) {
+  set_threads(2);
+  auto cfg = small_config();
+  auto train = synthetic_set(96, 28, 100);
+  auto val = synthetic_set(48, 28, 9000);
+  torch::manual_seed(3);
+  models::Classifier m(classifier_options(cfg));
+  const double before = roc_auc(predict(m, val).scores, predict(m, val).labels);
+  auto options = fit_options_from(cfg, /*epochs=*/8, /*seed=*/11);
+  std::vector<double> losses;
+  options.on_epoch = [&](int, double loss) { losses.push_back(loss); };
+  auto stats = fit(m, train, options);
+  auto p = predict(m, val);
+  const double after = roc_auc(p.scores, p.labels);
+  EXPECT_EQ(losses.size(), 8u);
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_EQ(stats.samples, 192);
+  EXPECT_GT(after, 0.85) << "AUC before training " << before;
+  EXPECT_GT(after, before + 0.1);
+}
+
+TEST(TorchLearner, FitAndEvaluateSpeakFederation) {
+  set_threads(2);
+  auto cfg = small_config();
+  TorchLearner learner(cfg, synthetic_set(32, 28, 1), synthetic_set(16, 28, 500), 1);
+  models::Classifier init(classifier_options(cfg));
+  auto global = to_weights(*init);
+  fed::RoundSettings rs;
+  rs.round = 1;
+  rs.local_epochs = 1;
+  rs.batch_size = 16;
+  rs.lr = 0.003;
+  auto fit = learner.fit(global, rs);
+  ASSERT_TRUE(fit.ok()) << fit.status().to_string();
+  EXPECT_TRUE(fed::check_compatible(global, fit->weights).ok());
+  EXPECT_EQ(fit->num_examples, 64u);
+  EXPECT_TRUE(std::isfinite(fit->train_loss));
+  auto eval = learner.evaluate(fit->weights);
+  ASSERT_TRUE(eval.ok());
+  EXPECT_EQ(eval->num_examples, 32u);
+  uint64_t counted = 0;
+  for (int b = 0; b < eval->histogram.bins(); ++b) counted += eval->histogram.neg[b] + eval->histogram.pos[b];
+  EXPECT_EQ(counted, 32u);
+  // Weights of another architecture are refused as a Status, not an exception.
+  global.pop_back();
+  EXPECT_FALSE(learner.fit(global, rs).ok());
+}
+
+}  // namespace
+}  // namespace fedrad::training
