@@ -14,6 +14,7 @@ PACKAGES=(
   libzstd-dev                       # entropy stage of update compression
   libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev          # scripts/fuzz_reader.sh: libFuzzer, ASan, UBSan
   python3 python3-venv python3-torch python3-numpy   # only to check that PyTorch loads our models
 )
 

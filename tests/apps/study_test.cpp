@@ -66,9 +66,11 @@ std::string run(const std::string& cmd, int* exit_code) {
 
 const std::string kFedrad = std::string(FEDRAD_BINARY_DIR) + "/apps/fedrad";
 
+// ctest runs each TEST in a process of its own, so the study runs once, in one TEST, and the
+// checks on its outputs are its sections.
 class StudyTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
+  void SetUp() override {
     root_ = testing::temp_dir("study");
     for (const char* s : {"site-a", "site-c"}) {
       copy_slice(testing::pneumonia_site(s, "train"), root_ + "/data/" + s + "/train", 160);
@@ -97,13 +99,41 @@ class StudyTest : public ::testing::Test {
     ASSERT_TRUE(c_status.ok()) << c_status.to_string();
   }
 
-  static std::string root_;
-  static StudyConfig config_;
-};
-std::string StudyTest::root_;
-StudyConfig StudyTest::config_;
+  void model_improves_over_rounds();
+  void outputs_are_saved_and_evaluable();
+  void cli_evaluate_prints_metrics_json();
+  void cli_predict_writes_a_probability_per_image();
+  void pytorch_loads_the_global_model_and_agrees();
 
-TEST_F(StudyTest, ModelImprovesOverRounds) {
+  std::string root_;
+  StudyConfig config_;
+};
+
+TEST_F(StudyTest, TwoSitesTwoRoundsOverTcp) {
+  ASSERT_FALSE(HasFatalFailure());
+  {
+    SCOPED_TRACE("model improves over rounds");
+    model_improves_over_rounds();
+  }
+  {
+    SCOPED_TRACE("outputs are saved and evaluable");
+    outputs_are_saved_and_evaluable();
+  }
+  {
+    SCOPED_TRACE("fedrad evaluate prints metrics JSON");
+    cli_evaluate_prints_metrics_json();
+  }
+  {
+    SCOPED_TRACE("fedrad predict writes a probability per image");
+    cli_predict_writes_a_probability_per_image();
+  }
+  {
+    SCOPED_TRACE("PyTorch loads the global model and agrees");
+    pytorch_loads_the_global_model_and_agrees();
+  }
+}
+
+void StudyTest::model_improves_over_rounds() {
   std::ifstream in(root_ + "/out/metrics.jsonl");
   ASSERT_TRUE(in) << "metrics.jsonl missing";
   std::map<int, double> global_auc;  // model_round -> pooled val AUC
@@ -120,7 +150,7 @@ TEST_F(StudyTest, ModelImprovesOverRounds) {
   EXPECT_GT(global_auc[2], global_auc[0] + 0.1) << "initial " << global_auc[0];
 }
 
-TEST_F(StudyTest, OutputsAreSavedAndEvaluable) {
+void StudyTest::outputs_are_saved_and_evaluable() {
   for (const char* f : {"global.pt", "global.json", "models/round-001.pt", "models/round-002.pt", "metrics.csv",
                         "summary.json", "config.yaml"})
     EXPECT_TRUE(fs::exists(root_ + "/out/" + f)) << f;
@@ -133,7 +163,7 @@ TEST_F(StudyTest, OutputsAreSavedAndEvaluable) {
   EXPECT_DOUBLE_EQ((*r)["threshold"].get<double>(), summary["global"]["threshold"].get<double>());
 }
 
-TEST_F(StudyTest, CliEvaluatePrintsMetricsJson) {
+void StudyTest::cli_evaluate_prints_metrics_json() {
   int code = 0;
   auto out = run(kFedrad + " evaluate --model " + root_ + "/out/global.pt --data " + root_ + "/data/site-a/val -q", &code);
   ASSERT_EQ(code, 0) << out;
@@ -142,7 +172,7 @@ TEST_F(StudyTest, CliEvaluatePrintsMetricsJson) {
   EXPECT_EQ(j["n"], 60);
 }
 
-TEST_F(StudyTest, CliPredictWritesAProbabilityPerImage) {
+void StudyTest::cli_predict_writes_a_probability_per_image() {
   int code = 0;
   const std::string csv = root_ + "/pred.csv";
   auto out = run(kFedrad + " predict --model " + root_ + "/out/global.pt " + root_ + "/data/site-c/val --out " + csv, &code);
@@ -156,7 +186,7 @@ TEST_F(StudyTest, CliPredictWritesAProbabilityPerImage) {
   EXPECT_EQ(rows, 60);
 }
 
-TEST_F(StudyTest, PyTorchLoadsTheGlobalModelAndAgrees) {
+void StudyTest::pytorch_loads_the_global_model_and_agrees() {
   // The same input through fedrad's model and through models/python/fedrad_models.py.
   auto loaded = training::load_model(root_ + "/out/global.pt");
   ASSERT_TRUE(loaded.ok());
