@@ -16,6 +16,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev          # scripts/fuzz_reader.sh: libFuzzer, ASan, UBSan
   python3 python3-venv python3-torch python3-numpy   # only to check that PyTorch loads our models
+  chromium                          # tests/apps/report_test.cpp renders report.html headless
 )
 
 missing=()
