@@ -16,6 +16,8 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcvrobow.h>
 #include <dcmtk/dcmdata/dcvrus.h>
 #include <dcmtk/dcmdata/dcvrss.h>
@@ -527,6 +529,47 @@ Status decode_with_dcmtk(const std::string& path, DcmDataset* ds, E_TransferSynt
   return convert_pixels(path, bytes, element->getLength(), layout, vt, options, out);
 }
 
+// Checks the SIZ segment of the first JPEG 2000 codestream against the header before OpenJPEG
+// sees it: a damaged or hostile codestream that declares a huge image makes OpenJPEG allocate
+// gigabytes and spend seconds before failing (found by scripts/fuzz_reader.sh).
+Status check_jpeg2000_size(const std::string& path, DcmDataset* ds, const PixelLayout& layout) {
+  DcmElement* element = nullptr;
+  if (ds->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) return ok_status();
+  DcmPixelSequence* seq = nullptr;
+  auto* pixel_data = dynamic_cast<DcmPixelData*>(element);
+  E_TransferSyntax xfer = ds->getOriginalXfer();
+  const DcmRepresentationParameter* param = nullptr;
+  if (pixel_data == nullptr || pixel_data->getEncapsulatedRepresentation(xfer, param, seq).bad() || seq == nullptr)
+    return corrupt(path + ": JPEG 2000 file without encapsulated pixel data");
+  DcmPixelItem* item = nullptr;
+  // Item 0 is the basic offset table; the first fragment of the first frame follows.
+  if (seq->card() < 2 || seq->getItem(item, 1).bad() || item == nullptr)
+    return corrupt(path + ": JPEG 2000 pixel data has no fragment");
+  Uint8* bytes = nullptr;
+  if (item->getUint8Array(bytes).bad() || bytes == nullptr) return corrupt(path + ": JPEG 2000 fragment unreadable");
+  const Uint32 n = item->getLength();
+  // A JP2 file wrapper may precede the codestream: look for SOC + SIZ in the first bytes.
+  const Uint32 limit = std::min<Uint32>(n, 4096);
+  for (Uint32 i = 0; i + 4 + 38 <= n && i < limit; ++i) {
+    if (!(bytes[i] == 0xFF && bytes[i + 1] == 0x4F && bytes[i + 2] == 0xFF && bytes[i + 3] == 0x51)) continue;
+    auto u32 = [&](Uint32 at) {
+      const Uint8* b = bytes + i + 4 + at;
+      return (Uint32(b[0]) << 24) | (Uint32(b[1]) << 16) | (Uint32(b[2]) << 8) | Uint32(b[3]);
+    };
+    const Uint32 xsiz = u32(4), ysiz = u32(8), xosiz = u32(12), yosiz = u32(16);
+    const uint16_t csiz = static_cast<uint16_t>((bytes[i + 4 + 36] << 8) | bytes[i + 4 + 37]);
+    if (xosiz >= xsiz || yosiz >= ysiz || xsiz - xosiz != static_cast<Uint32>(layout.columns) ||
+        ysiz - yosiz != static_cast<Uint32>(layout.rows) || csiz != layout.samples_per_pixel) {
+      return corrupt(path + ": JPEG 2000 codestream declares " + std::to_string(xsiz - std::min(xosiz, xsiz)) + "x" +
+                     std::to_string(ysiz - std::min(yosiz, ysiz)) + " with " + std::to_string(csiz) +
+                     " components, the header says " + std::to_string(layout.columns) + "x" +
+                     std::to_string(layout.rows) + " with " + std::to_string(layout.samples_per_pixel));
+    }
+    return ok_status();
+  }
+  return corrupt(path + ": JPEG 2000 fragment does not start a codestream (no SOC/SIZ marker)");
+}
+
 // JPEG 2000: DCMTK's free codecs lack it, GDCM (OpenJPEG) decodes it.
 Status decode_with_gdcm(const std::string& path, PixelLayout layout, const ValueTransforms& vt,
                         const ReadOptions& options, DicomPixels* out) {
@@ -584,6 +627,7 @@ StatusOr<DicomPixels> read_dicom_unchecked(const std::string& path, const ReadOp
   ValueTransforms vt;
   FEDRAD_RETURN_IF_ERROR(read_attributes(path, ds, options, &out, &layout, &vt));
   if (out.transfer_syntax == kJpeg2000Lossless || out.transfer_syntax == kJpeg2000) {
+    FEDRAD_RETURN_IF_ERROR(check_jpeg2000_size(path, ds, layout));
     FEDRAD_RETURN_IF_ERROR(decode_with_gdcm(path, layout, vt, options, &out));
   } else {
     FEDRAD_RETURN_IF_ERROR(decode_with_dcmtk(path, ds, original, layout, vt, options, &out));
