@@ -27,17 +27,17 @@ timed() {  # timed NAME CMD...: runs CMD, records its wall time in $OUT/NAME.tim
 }
 
 echo "== federated (FedAvg, ${#SITES[@]} sites)"
-timed federated "$FEDRAD" simulate --config "$CONFIG" --data "$DATA" --out "$OUT/federated" -q
-"$FEDRAD" evaluate --model "$OUT/federated/global.pt" "${VALS[@]}" -q > "$OUT/federated.eval.json"
+timed federated "$FEDRAD" -q simulate --config "$CONFIG" --data "$DATA" --out "$OUT/federated"
+"$FEDRAD" -q evaluate --model "$OUT/federated/global.pt" "${VALS[@]}" > "$OUT/federated.eval.json"
 
 echo "== centralised (union of the sites' train splits)"
-timed centralised "$FEDRAD" train --config "$CONFIG" --data "$DATA" --out "$OUT/centralised" -q
-"$FEDRAD" evaluate --model "$OUT/centralised/model.pt" "${VALS[@]}" -q > "$OUT/centralised.eval.json"
+timed centralised "$FEDRAD" -q train --config "$CONFIG" --data "$DATA" --out "$OUT/centralised"
+"$FEDRAD" -q evaluate --model "$OUT/centralised/model.pt" "${VALS[@]}" > "$OUT/centralised.eval.json"
 
 for s in "${SITES[@]}"; do
   echo "== $s alone"
-  timed "$s" "$FEDRAD" train --config "$CONFIG" --data "$DATA" --site "$s" --out "$OUT/$s" -q
-  "$FEDRAD" evaluate --model "$OUT/$s/model.pt" "${VALS[@]}" -q > "$OUT/$s.eval.json"
+  timed "$s" "$FEDRAD" -q train --config "$CONFIG" --data "$DATA" --site "$s" --out "$OUT/$s"
+  "$FEDRAD" -q evaluate --model "$OUT/$s/model.pt" "${VALS[@]}" > "$OUT/$s.eval.json"
 done
 
 python3 bench/write_pneumonia_results.py "$OUT" "$RESULTS" bench/RESULTS.md "$CONFIG" "${SITES[@]}"
