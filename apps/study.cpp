@@ -1,5 +1,8 @@
 #include "apps/study.h"
 
+#include "apps/report.h"
+#include "apps/status_server.h"
+
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/prctl.h>
@@ -21,8 +24,11 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "demo_config.h"
+#include "federation/audit.h"
+#include "federation/dp.h"
 #include "federation/federation.h"
 #include "imaging/dicom.h"
+#include "imaging/scan.h"
 #include "imaging/site_index.h"
 #include "imaging/synthetic.h"
 #include "training/checkpoint.h"
@@ -46,6 +52,8 @@ Status make_dir(const std::string& dir) {
   if (ec) return io_error(dir + ": cannot create folder: " + ec.message());
   return ok_status();
 }
+
+double p_or(const json& j, const char* key) { return j.value(key, 0.0); }
 
 json metrics_json(const BinaryMetrics& m) {
   return {{"auc", m.auc},       {"accuracy", m.accuracy}, {"sensitivity", m.sensitivity},
@@ -75,8 +83,8 @@ StatusOr<int> free_port() {
 // summary; prints progress. Called from the coordinator's round callback (one thread).
 class StudyRecorder {
  public:
-  StudyRecorder(const StudyConfig& config, std::string out_dir)
-      : config_(config), out_(std::move(out_dir)), model_(training::classifier_options(config)) {}
+  StudyRecorder(const StudyConfig& config, std::string out_dir, StatusServer* status = nullptr)
+      : config_(config), out_(std::move(out_dir)), model_(training::classifier_options(config)), status_(status) {}
 
   Status open() {
     FEDRAD_RETURN_IF_ERROR(make_dir(out_ + "/models"));
@@ -92,9 +100,11 @@ class StudyRecorder {
   }
 
   void on_round(const fed::RoundLog& log, const fed::Weights& weights) {
+    if (status_) status_->on_round(log);
+    log_progress(log);
     const int model_round = static_cast<int>(log.round) - 1;  // the model evaluated this round
     write_row(log.round, model_round, "global", log.global_eval, log.global_eval_loss, 0, log.bytes_up, log.bytes_down,
-              log.raw_bytes_up, log.raw_bytes_down, log.seconds);
+              log.raw_bytes_up, log.raw_bytes_down, log.seconds, true, log.dp_epsilon, log.dp_delta);
     for (const auto& s : log.sites)
       write_row(log.round, model_round, s.site_id, s.eval, s.eval_loss, s.train_loss, s.bytes_up, s.bytes_down,
                 s.raw_bytes_up, s.raw_bytes_down, s.train_seconds, s.ok);
@@ -110,6 +120,14 @@ class StudyRecorder {
       meta.val_auc = log.global_eval.auc;
       final_ = log;
       if (st.ok()) st = training::save_model(out_ + "/global.pt", *model_, config_, meta);
+      // The pooled validation scores of the final model, for `fedrad report` (ROC, confusion matrix).
+      if (st.ok())
+        st = training::write_file_atomic(
+            out_ + "/final_histogram.json",
+            histogram_to_json(log.pooled_histogram, log.global_eval.threshold,
+                              "pooled validation score histograms of the sites (final evaluation)")
+                    .dump() +
+                "\n");
     } else {
       meta.round = static_cast<int>(log.round);
       meta.threshold = log.global_eval.threshold;  // provisional: chosen on the previous model
@@ -144,6 +162,9 @@ class StudyRecorder {
         {"raw_bytes_down_per_round", raw_down_ / rounds},
         {"model", "global.pt"},
     };
+    if (final_epsilon_ >= 0) summary["privacy"] = {{"epsilon", final_epsilon_}, {"delta", config_.privacy.delta},
+                                                   {"client_clip", config_.privacy.client_clip},
+                                                   {"client_noise_multiplier", config_.privacy.client_noise_multiplier}};
     FEDRAD_RETURN_IF_ERROR(training::write_file_atomic(out_ + "/summary.json", summary.dump(2) + "\n"));
     const auto& g = final_.global_eval;
     std::printf("\nStudy '%s': %d rounds, %zu sites, %.1f s\n", config_.name.c_str(), config_.rounds,
@@ -162,13 +183,39 @@ class StudyRecorder {
   }
 
  private:
+  // One line per round for people watching: sites reported, bytes, elapsed and time left.
+  void log_progress(const fed::RoundLog& log) {
+    ++rounds_seen_;
+    round_seconds_ += log.seconds;
+    int ok = 0;
+    for (const auto& s : log.sites) ok += s.ok ? 1 : 0;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double eta = eta_seconds(round_seconds_, rounds_seen_, config_.rounds);
+    auto l = logger("progress");
+    if (log.evaluation_only) {
+      l->info("[final evaluation] {}/{} sites reported, AUC {:.4f}, elapsed {}", ok, log.sites.size(),
+              log.global_eval.auc, format_duration(elapsed));
+    } else {
+      l->info("[round {}/{}] {}/{} sites reported, AUC {:.4f} (model after round {}), {} up / {} down, "
+              "{:.1f} s; elapsed {}, about {} left",
+              log.round, config_.rounds, ok, log.sites.size(), log.global_eval.auc, log.round - 1,
+              human_bytes(static_cast<double>(log.bytes_up)), human_bytes(static_cast<double>(log.bytes_down)),
+              log.seconds, format_duration(elapsed), format_duration(eta));
+    }
+  }
+
   void write_row(uint32_t round, int model_round, const std::string& scope, const BinaryMetrics& m, double loss,
                  double train_loss, uint64_t up, uint64_t down, uint64_t raw_up, uint64_t raw_down, double seconds,
-                 bool ok = true) {
+                 bool ok = true, double dp_epsilon = -1, double dp_delta = 0) {
     json j = {{"round", round}, {"model_round", model_round}, {"scope", scope}, {"ok", ok}, {"loss", loss},
               {"train_loss", train_loss}, {"bytes_up", up}, {"bytes_down", down}, {"raw_bytes_up", raw_up},
               {"raw_bytes_down", raw_down}, {"seconds", seconds}};
     j.update(metrics_json(m));
+    if (dp_epsilon >= 0) {
+      j["dp_epsilon"] = dp_epsilon;
+      j["dp_delta"] = dp_delta;
+      final_epsilon_ = dp_epsilon;
+    }
     jsonl_ << j.dump() << "\n";
     csv_ << round << "," << model_round << "," << scope << "," << m.n << "," << m.auc << "," << m.accuracy << ","
          << m.sensitivity << "," << m.specificity << "," << m.threshold << "," << loss << "," << train_loss << ","
@@ -182,6 +229,10 @@ class StudyRecorder {
   fed::RoundLog final_;
   double bytes_up_ = 0, bytes_down_ = 0, raw_up_ = 0, raw_down_ = 0;
   std::chrono::steady_clock::time_point start_;
+  StatusServer* status_ = nullptr;
+  int rounds_seen_ = 0;
+  double round_seconds_ = 0;
+  double final_epsilon_ = -1;
 };
 
 fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
@@ -199,6 +250,8 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
   o.round_timeout_s = config.federation.round_timeout_s;
   o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
   o.zstd_level = config.federation.zstd_level;
+  o.upstream_codec = config.federation.upstream_codec;
+  o.downstream_codec = config.federation.downstream_codec;
   // The round-1 global model: the config's architecture, initialised from the study seed.
   torch::manual_seed(config.seed);
   models::Classifier model(training::classifier_options(config));
@@ -206,14 +259,32 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
   return o;
 }
 
-Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir) {
+Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir, int status_port) {
   if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites of the study");
-  StudyRecorder recorder(config, out_dir);
+  std::unique_ptr<StatusServer> status;
+  if (status_port > 0) {
+    status = std::make_unique<StatusServer>(config.name, config.rounds, config.sites);
+    FEDRAD_RETURN_IF_ERROR(status->start(status_port).status());
+  }
+  StudyRecorder recorder(config, out_dir, status.get());
   FEDRAD_RETURN_IF_ERROR(recorder.open());
   auto options = coordinator_options(config);
-  options.on_round_end = [&](const fed::RoundLog& log, const fed::Weights& w) { recorder.on_round(log, w); };
+  // Client-level DP: every site takes part in every round (q = 1), one Gaussian mechanism each.
+  fed::dp::RdpAccountant accountant;
+  options.on_round_end = [&](const fed::RoundLog& log, const fed::Weights& w) {
+    if (config.privacy.client_clip <= 0 || config.privacy.client_noise_multiplier <= 0) return recorder.on_round(log, w);
+    fed::RoundLog with_dp = log;
+    if (!log.evaluation_only) accountant.step(/*q=*/1.0, config.privacy.client_noise_multiplier);
+    with_dp.dp_epsilon = accountant.spent(config.privacy.delta).epsilon;
+    with_dp.dp_delta = config.privacy.delta;
+    recorder.on_round(with_dp, w);
+  };
+  if (status) status->set_state("running");
   auto result = fed::run_coordinator(options);
-  if (!result.ok()) return result.status();
+  if (!result.ok()) {
+    if (status) status->set_state("failed");
+    return result.status();
+  }
   return recorder.finish();
 }
 
@@ -242,12 +313,13 @@ StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::stri
 
 }  // namespace
 
-Status coordinator(const StudyConfig& config, const std::string& out_dir) {
+Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port) {
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
-  return run_coordinator_to(config, out_dir);
+  return run_coordinator_to(config, out_dir, status_port);
 }
 
-Status simulate(const StudyConfig& config_in, const std::string& data_root, const std::string& out_dir) {
+Status simulate(const StudyConfig& config_in, const std::string& data_root, const std::string& out_dir,
+                int status_port) {
   StudyConfig config = config_in;
   if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites to simulate");
   for (const auto& s : config.sites) {
@@ -275,7 +347,12 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
   std::vector<std::pair<std::string, pid_t>> children;
   for (const auto& s : config.sites) {
     std::vector<std::string> args = {"fedrad", "site", "--config", config_path, "--data", (fs::path(data_root) / s).string(),
-                                     "--site-id", s, "--threads", std::to_string(threads)};
+                                     "--site-id", s, "--threads", std::to_string(threads),
+                                     "--audit-log", out_dir + "/logs/audit-" + s + ".log"};
+    // The sites log at this process's verbosity (-v / -q).
+    const auto level = log->level();
+    if (level <= spdlog::level::debug) args.push_back("--verbose");
+    else if (level >= spdlog::level::warn) args.push_back("--quiet");
     auto pid = spawn_site(args, out_dir + "/logs/" + s + ".log");
     if (!pid.ok()) return pid.status();
     children.emplace_back(s, *pid);
@@ -306,7 +383,7 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   });
-  Status st = run_coordinator_to(config, out_dir);
+  Status st = run_coordinator_to(config, out_dir, status_port);
   done = true;
   watcher.join();
   for (auto& [name, pid] : children) {
@@ -319,7 +396,7 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
 }
 
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
-            const std::string& address, int threads) {
+            const std::string& address, int threads, const std::string& audit_log) {
   const int n = threads > 0 ? threads : config.train.threads;
   training::set_threads(n);
   auto log = logger(site_id);
@@ -343,8 +420,34 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   o.study = config.name;
   o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
   o.zstd_level = config.federation.zstd_level;
+  o.upstream_codec = config.federation.upstream_codec;
+  o.downstream_codec = config.federation.downstream_codec;
   o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  o.audit_log = !audit_log.empty()
+                    ? audit_log
+                    : (fs::absolute(fs::path(site_dir)).lexically_normal().parent_path() / ("audit-" + site_id + ".log"))
+                          .string();
+  log->info("audit log: {}", o.audit_log);
+  if (config.privacy.client_clip > 0) {
+    fed::dp::ClientDpOptions dp;
+    dp.clip = config.privacy.client_clip;
+    dp.noise_multiplier = config.privacy.client_noise_multiplier;
+    dp.num_sites = static_cast<int>(std::max<size_t>(1, config.sites.size()));
+    fed::dp::ClientDpLearner private_learner(learner, dp);
+    log->info("client-level DP: updates clipped to L2 norm {}, noise multiplier {} (shared over {} sites)", dp.clip,
+              dp.noise_multiplier, dp.num_sites);
+    return fed::run_site(private_learner, o);
+  }
   return fed::run_site(learner, o);
+}
+
+Status audit_verify(const std::string& log_path) {
+  FEDRAD_ASSIGN_OR_RETURN(auto summary, fed::verify_audit_log(log_path));
+  std::fputs(fed::describe(summary, log_path).c_str(), stdout);
+  std::fflush(stdout);
+  if (!summary.ok)
+    return corrupt(log_path + ": audit record at line " + std::to_string(summary.first_bad) + " fails: " + summary.problem);
+  return ok_status();
 }
 
 Status train(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
@@ -354,13 +457,17 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
   auto log = logger("train");
   std::vector<training::ImageSet> trains, vals;
-  for (const auto& s : sites) {
+  for (size_t i = 0; i < sites.size(); ++i) {
+    const std::string& s = sites[i];
     const std::string dir = (fs::path(data_root) / s).string();
+    log->info("[{}/{}] loading {} (decoding DICOM)...", i + 1, sites.size(), dir);
+    const auto t_load = std::chrono::steady_clock::now();
     auto tr = training::load_image_set(dir + "/train", config.data, config.train.threads);
     if (!tr.ok()) return tr.status().with_context("site " + s);
     auto va = training::load_image_set(dir + "/val", config.data, config.train.threads);
     if (!va.ok()) return va.status().with_context("site " + s);
-    log->info("{}: {} train, {} val images", s, tr->size(), va->size());
+    log->info("[{}/{}] {}: {} train, {} val images in {:.1f} s", i + 1, sites.size(), s, tr->size(), va->size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
     trains.push_back(std::move(tr).value());
     vals.push_back(std::move(va).value());
   }
@@ -374,8 +481,34 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
     models::Classifier model(training::classifier_options(config));
     const int epochs = config.baseline_epochs();
     auto options = training::fit_options_from(config, epochs, config.seed);
+    // Per-epoch metrics for reports: train loss every epoch; validation loss and AUC every
+    // epoch while cheap (small inputs, small sets), else every few epochs and always the last.
+    std::ofstream jsonl(out_dir + "/metrics.jsonl", std::ios::trunc), csv(out_dir + "/metrics.csv", std::ios::trunc);
+    if (!jsonl || !csv) return io_error(out_dir + ": cannot write metrics.jsonl / metrics.csv");
+    csv << "epoch,loss,val_loss,val_auc,seconds\n";
+    const int64_t work = val_set.size() * config.data.input_size * config.data.input_size;
+    const int val_every = work <= int64_t{20000} * 64 * 64 ? 1 : std::max(1, epochs / 10);
+    const auto t_fit = std::chrono::steady_clock::now();
     options.on_epoch = [&](int epoch, double loss) {
-      log->info("epoch {}/{}: loss {:.4f}", epoch + 1, epochs, loss);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_fit).count();
+      const double eta = secs / (epoch + 1) * (epochs - epoch - 1);
+      json row = {{"epoch", epoch + 1}, {"loss", loss}, {"seconds", secs}};
+      std::string val_text;
+      if ((epoch + 1) % val_every == 0 || epoch + 1 == epochs) {
+        auto p = training::predict(model, val_set);
+        model->train();  // predict() leaves eval mode; fit() goes on training
+        row["val_loss"] = p.loss;
+        row["val_auc"] = roc_auc(p.scores, p.labels);
+        char buf[96];
+        std::snprintf(buf, sizeof(buf), ", val loss %.4f, val AUC %.4f", p.loss, row["val_auc"].get<double>());
+        val_text = buf;
+      }
+      jsonl << row.dump() << "\n" << std::flush;
+      csv << epoch + 1 << "," << loss << "," << (row.contains("val_loss") ? std::to_string(p_or(row, "val_loss")) : "")
+          << "," << (row.contains("val_auc") ? std::to_string(p_or(row, "val_auc")) : "") << "," << secs << "\n"
+          << std::flush;
+      log->info("epoch {}/{}: loss {:.4f}{}; elapsed {}, about {} left", epoch + 1, epochs, loss, val_text,
+                format_duration(secs), format_duration(eta));
     };
     const auto t0 = std::chrono::steady_clock::now();
     auto stats = training::fit(model, train_set, options);
@@ -388,6 +521,12 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
     meta.threshold = threshold;
     meta.val_auc = m.auc;
     FEDRAD_RETURN_IF_ERROR(training::save_model(out_dir + "/model.pt", *model, config, meta));
+    FEDRAD_RETURN_IF_ERROR(training::write_file_atomic(
+        out_dir + "/final_histogram.json",
+        histogram_to_json(ScoreHistogram::of(pred.scores, pred.labels), threshold, "validation scores of the final model")
+                .dump() +
+            "\n"));
+    { std::ofstream cfg(out_dir + "/config.yaml"); cfg << to_yaml(config); }
     json summary = {{"kind", meta.kind},
                     {"sites", sites},
                     {"epochs", epochs},
@@ -471,29 +610,12 @@ Status predict(const std::string& model_path, const std::vector<std::string>& in
 }
 
 StatusOr<json> index_folder(const std::string& dir) {
-  FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
-  json unreadable = json::array();
-  std::map<std::string, int> syntaxes;
-  for (const auto& f : index.files) {
-    imaging::ReadOptions ro;
-    ro.frame = 0;
-    auto px = imaging::read_dicom(f.path, ro);
-    if (!px.ok()) unreadable.push_back({{"file", f.relative}, {"reason", px.status().message()}});
-    else syntaxes[px->transfer_syntax]++;
-  }
-  auto problems = [](const std::vector<imaging::FileProblem>& v) {
-    json a = json::array();
-    for (const auto& p : v) a.push_back({{"file", p.path}, {"reason", p.reason}});
-    return a;
-  };
-  return json{{"folder", dir},
-              {"labelled_files", index.files.size()},
-              {"labels", index.label_counts},
-              {"transfer_syntaxes", syntaxes},
-              {"unreadable", unreadable},
-              {"unlabelled", problems(index.unlabelled)},
-              {"missing", problems(index.missing)},
-              {"bad_rows", problems(index.bad_rows)}};
+  // imaging::scan_folder reads headers (studies, series, syntaxes, sizes, labels.csv when there)
+  // and, with decode_pixels, decodes each image so that broken pixel data is reported too.
+  imaging::ScanOptions options;
+  options.decode_pixels = true;
+  FEDRAD_ASSIGN_OR_RETURN(auto scan, imaging::scan_folder(dir, options));
+  return json::parse(imaging::to_json(scan));
 }
 
 Status demo(const std::string& out_dir, int rounds) {

@@ -14,19 +14,28 @@ namespace fedrad::app {
 
 // Coordinator plus one child process per site on this machine. data_root holds one folder per
 // site (cfg.sites), each with train/ and val/. Writes the study's outputs to out_dir.
-Status simulate(const StudyConfig& config, const std::string& data_root, const std::string& out_dir);
+// status_port > 0: serve live status on http://127.0.0.1:PORT/status and /metrics (apps/status_server.h).
+Status simulate(const StudyConfig& config, const std::string& data_root, const std::string& out_dir,
+                int status_port = 0);
 
 // The coordinator alone (real deployments): waits for cfg.sites at cfg.federation.address.
-Status coordinator(const StudyConfig& config, const std::string& out_dir);
+Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port = 0);
 
 // One site: site_dir holds train/ and val/ with labels.csv each. threads: torch and decoding
 // threads (0 = config's train.threads).
+// audit_log: where the site appends its tamper-evident log of what it sent and received
+// (federation/audit.h); "" = <parent of site_dir>/audit-<site_id>.log.
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
-            const std::string& address, int threads);
+            const std::string& address, int threads, const std::string& audit_log = "");
+
+// `fedrad audit verify LOG`: checks the hash chain and prints what left the site. Returns an error
+// naming the first bad record when the log was tampered with.
+Status audit_verify(const std::string& log_path);
 
 // Centralised baseline on the union of `sites` (one name: single-site baseline); trains on their
 // train splits for cfg.baseline_epochs(), picks the threshold on their val splits, saves
-// out_dir/model.pt (+ .json) and out_dir/summary.json.
+// out_dir/model.pt (+ .json), out_dir/summary.json, per-epoch out_dir/metrics.jsonl and .csv (train
+// loss, validation loss and AUC) and out_dir/final_histogram.json (validation scores, for reports).
 Status train(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
              const std::string& out_dir);
 

@@ -85,6 +85,38 @@ bool one_of(const std::string& v, std::initializer_list<const char*> options) {
   return false;
 }
 
+// The stage names and their order of an update codec (federation/codec.h parses the parameters
+// when the study starts; common/ cannot depend on federation/). Empty when the codec is fine.
+std::string codec_problem(const std::string& codec) {
+  if (codec == "none") return "";
+  if (codec.empty()) return "must name a codec, e.g. zstd or delta|ef|topk:0.01|q8|zstd";
+  int last = -1;
+  std::stringstream in(codec);
+  std::string stage;
+  while (std::getline(in, stage, '|')) {
+    const size_t a = stage.find_first_not_of(" \t"), b = stage.find_last_not_of(" \t");
+    stage = a == std::string::npos ? "" : stage.substr(a, b - a + 1);
+    const std::string name = stage.substr(0, stage.find(':'));
+    int rank;
+    if (name == "delta") rank = 0;
+    else if (name == "ef") rank = 1;
+    else if (name == "topk" || name == "randk") rank = 2;
+    else if (one_of(name, {"fp16", "bf16", "q8", "q4", "q2"})) rank = 3;
+    else if (name == "zstd") rank = 4;
+    else
+      return "unknown codec stage '" + name + "' in '" + codec +
+             "' (known: delta, ef, topk, randk, fp16, bf16, q8, q4, q2, zstd)";
+    if (rank == 2 && stage.find(':') == std::string::npos)
+      return "codec stage '" + name + "' needs the kept fraction, e.g. " + name + ":0.01";
+    if (rank <= last)
+      return "codec stage '" + name + "' is out of order in '" + codec +
+             "' (order: delta | ef | topk/randk | fp16/bf16/q8/q4/q2 | zstd, each at most once)";
+    last = rank;
+  }
+  if (!codec.empty() && codec.back() == '|') return "codec '" + codec + "' ends with an empty stage";
+  return "";
+}
+
 }  // namespace
 
 Status validate(const StudyConfig& c) {
@@ -121,6 +153,25 @@ Status validate(const StudyConfig& c) {
                                "must be none or zstd"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.zstd_level >= 1 && c.federation.zstd_level <= 19, c,
                                "federation.zstd_level", "must be in 1..19"));
+  for (const auto& [key, codec] : {std::pair<const char*, const std::string*>{"federation.upstream_codec",
+                                                                             &c.federation.upstream_codec},
+                                   {"federation.downstream_codec", &c.federation.downstream_codec}}) {
+    const std::string why = codec_problem(*codec);
+    FEDRAD_RETURN_IF_ERROR(check(why.empty(), c, key, why));
+  }
+  const PrivacyConfig& pv = c.privacy;
+  FEDRAD_RETURN_IF_ERROR(check(pv.client_clip >= 0, c, "privacy.client_clip", "must be >= 0 (0 = off)"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.client_noise_multiplier >= 0, c, "privacy.client_noise_multiplier", "must be >= 0"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.client_noise_multiplier == 0 || pv.client_clip > 0, c,
+                               "privacy.client_noise_multiplier", "needs privacy.client_clip > 0 (the noise is scaled by it)"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.sample_clip > 0, c, "privacy.sample_clip", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.sample_noise_multiplier >= 0, c, "privacy.sample_noise_multiplier", "must be >= 0"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.delta > 0 && pv.delta < 1, c, "privacy.delta", "must be in (0, 1)"));
+  FEDRAD_RETURN_IF_ERROR(check(!(pv.dp_sgd || pv.client_clip > 0) || c.model.norm != "batch", c, "model.norm",
+                               "must be group or instance with differential privacy (batch norm mixes samples and its "
+                               "running statistics are not clipped)"));
+  FEDRAD_RETURN_IF_ERROR(check(!pv.secure_aggregation, c, "privacy.secure_aggregation",
+                               "is not yet supported by the live protocol (federation/secagg.h is a library only)"));
   std::set<std::string> names;
   for (const auto& s : c.sites) {
     FEDRAD_RETURN_IF_ERROR(check(!s.empty() && s.find('/') == std::string::npos, c, "sites",
@@ -185,7 +236,20 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       f.get("round_timeout_s", &c.federation.round_timeout_s);
       f.get("compression", &c.federation.compression);
       f.get("zstd_level", &c.federation.zstd_level);
+      f.get("upstream_codec", &c.federation.upstream_codec);
+      f.get("downstream_codec", &c.federation.downstream_codec);
       f.finish();
+    }
+    {
+      MapReader p(r.child("privacy"), "privacy", source, &err);
+      p.get("client_clip", &c.privacy.client_clip);
+      p.get("client_noise_multiplier", &c.privacy.client_noise_multiplier);
+      p.get("dp_sgd", &c.privacy.dp_sgd);
+      p.get("sample_clip", &c.privacy.sample_clip);
+      p.get("sample_noise_multiplier", &c.privacy.sample_noise_multiplier);
+      p.get("delta", &c.privacy.delta);
+      p.get("secure_aggregation", &c.privacy.secure_aggregation);
+      p.finish();
     }
     r.finish();
   }
@@ -241,6 +305,17 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "round_timeout_s" << YAML::Value << c.federation.round_timeout_s;
   e << YAML::Key << "compression" << YAML::Value << c.federation.compression;
   e << YAML::Key << "zstd_level" << YAML::Value << c.federation.zstd_level;
+  e << YAML::Key << "upstream_codec" << YAML::Value << c.federation.upstream_codec;
+  e << YAML::Key << "downstream_codec" << YAML::Value << c.federation.downstream_codec;
+  e << YAML::EndMap;
+  e << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "client_clip" << YAML::Value << c.privacy.client_clip;
+  e << YAML::Key << "client_noise_multiplier" << YAML::Value << c.privacy.client_noise_multiplier;
+  e << YAML::Key << "dp_sgd" << YAML::Value << c.privacy.dp_sgd;
+  e << YAML::Key << "sample_clip" << YAML::Value << c.privacy.sample_clip;
+  e << YAML::Key << "sample_noise_multiplier" << YAML::Value << c.privacy.sample_noise_multiplier;
+  e << YAML::Key << "delta" << YAML::Value << c.privacy.delta;
+  e << YAML::Key << "secure_aggregation" << YAML::Value << c.privacy.secure_aggregation;
   e << YAML::EndMap;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";

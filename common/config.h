@@ -45,6 +45,26 @@ struct FederationConfig {
   double round_timeout_s = 1800; // deadline for a round's updates
   std::string compression = "zstd";  // none | zstd (lossless, applied to every model message)
   int zstd_level = 3;
+  // Update codecs (federation/codec.h), per direction: stages joined by '|' in the order
+  // delta | ef[:m] | topk:F or randk:F | fp16, bf16, q8[:B], q4[:B] or q2[:B] | zstd[:L],
+  // e.g. "delta|ef|topk:0.01|q8|zstd". "zstd" (default) and "none" send lossless plain weights.
+  std::string upstream_codec = "zstd";    // site -> coordinator
+  std::string downstream_codec = "zstd";  // coordinator -> site
+};
+
+// Privacy (federation/dp.h, training/dp_sgd.h). Off by default. Client-level DP clips each site's
+// update (new - global weights) to client_clip and has the sites add Gaussian noise that sums to
+// N(0, (client_noise_multiplier * client_clip)^2) over the sites' average; FedAvg then weighs the
+// sites equally. DP-SGD clips each sample's gradient to sample_clip and adds
+// N(0, (sample_noise_multiplier * sample_clip)^2) per step (needs group or instance norm).
+struct PrivacyConfig {
+  double client_clip = 0;              // > 0 turns client-level DP on (clipping)
+  double client_noise_multiplier = 0;  // z; 0 = clipping only (no DP guarantee)
+  bool dp_sgd = false;                 // sample-level DP-SGD at each site
+  double sample_clip = 1.0;
+  double sample_noise_multiplier = 1.0;
+  double delta = 1e-5;                 // epsilon is reported at this delta
+  bool secure_aggregation = false;     // federation/secagg.h; not yet carried by the live protocol
 };
 
 struct StudyConfig {
@@ -56,6 +76,7 @@ struct StudyConfig {
   DataConfig data;
   TrainConfig train;
   FederationConfig federation;
+  PrivacyConfig privacy;
 
   std::string source;  // where it was loaded from, for error messages; not a YAML key
 

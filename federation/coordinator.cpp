@@ -7,6 +7,7 @@
 #include <zmq_addon.hpp>
 
 #include "common/log.h"
+#include "federation/codec.h"
 #include "federation/detail/net.h"
 #include "federation/federation.h"
 #include "federation/wire.h"
@@ -28,7 +29,22 @@ struct Peer {
   std::string routing_id;
   uint64_t num_train = 0;
   uint64_t num_val = 0;
+  bool synced = false;  // holds the coordinator's downstream copy (else it gets the full model)
 };
+
+// What goes down to the sites in one round: an encoded update for sites that hold the previous
+// copy, the full model (plain) for those that do not; after it every site holds `next_copy`.
+struct Downstream {
+  wire::EncodedUpdate update;  // empty when the plain weights go to everybody
+  Weights next_copy;
+};
+
+const wire::EncodedUpdate* update_of(const wire::Body& body) {
+  if (auto* b = std::get_if<wire::FitIns>(&body)) return &b->update;
+  if (auto* b = std::get_if<wire::FitRes>(&body)) return &b->update;
+  if (auto* b = std::get_if<wire::EvalIns>(&body)) return &b->update;
+  return nullptr;
+}
 
 struct Incoming {
   std::string routing_id;
@@ -87,6 +103,10 @@ class Coordinator {
       return invalid_argument("coordinator: min_sites " + std::to_string(opt_.min_sites) + " is not in 0.." +
                               std::to_string(opt_.expected_sites.size()));
     if (opt_.initial_weights.empty()) return invalid_argument("coordinator: no initial weights");
+    auto up = CodecSpec::parse(opt_.upstream_codec);
+    if (!up.ok()) return invalid_argument("coordinator: upstream codec: " + up.status().message());
+    auto down = CodecSpec::parse(opt_.downstream_codec);
+    if (!down.ok()) return invalid_argument("coordinator: downstream codec: " + down.status().message());
     return ok_status();
   }
 
@@ -112,15 +132,19 @@ class Coordinator {
   }
 
   StatusOr<Weights> run_study() {
+    down_spec_ = CodecSpec::parse(opt_.downstream_codec).value();
+    plain_model_bytes_ = wire::plain_weights_bytes(opt_.initial_weights);
+    log_->info("codecs: upstream '{}', downstream '{}'", CodecSpec::parse(opt_.upstream_codec)->to_string(),
+               down_spec_.to_string());
     FEDRAD_RETURN_IF_ERROR(join_phase());
     Weights global = opt_.initial_weights;
     for (int r = 1; r <= opt_.rounds; ++r) {
       FEDRAD_ASSIGN_OR_RETURN(global, run_round(static_cast<uint32_t>(r), std::move(global)));
     }
-    FEDRAD_RETURN_IF_ERROR(run_final_evaluation(global));
+    FEDRAD_ASSIGN_OR_RETURN(Weights evaluated, run_final_evaluation(global));
     shutdown_sites(wire::ShutdownReason::kDone);
     log_->info("study '{}' done after {} rounds", opt_.study, opt_.rounds);
-    return global;
+    return evaluated;
   }
 
   // ---- joining -------------------------------------------------------------------------------
@@ -178,6 +202,7 @@ class Coordinator {
       known->routing_id = in.routing_id;
       known->num_train = join.num_train;
       known->num_val = join.num_val;
+      known->synced = false;  // a restarted site has lost its copy of the model
       log_->info("site '{}' joined again; routing updated", m.sender);
     } else if (started) {
       return reject(in, wire::RejectReason::kUnexpected);
@@ -259,28 +284,53 @@ class Coordinator {
 
   // Sends `instruction` to every site and collects one `reply_type` per site for the same round
   // until all replied or the round deadline passes.
-  StatusOr<Exchange> exchange(const wire::Message& instruction, MessageType reply_type) {
+  // Raw size of a message as if its model travelled as plain float32 weights.
+  uint64_t raw_as_plain(const wire::Message& m, uint64_t raw_size) const {
+    const wire::EncodedUpdate* u = update_of(m.body);
+    if (u == nullptr || !u->present()) return raw_size;
+    return raw_size - wire::encoded_update_bytes(*u) + plain_model_bytes_;
+  }
+
+  StatusOr<wire::Encoded> encode_instruction(const wire::Message& m) const {
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(m, opt_.zstd_level));
+    if (enc.bytes.size() > opt_.max_message_bytes)
+      return invalid_argument("round " + std::to_string(m.round) + ": " + wire::message_type_name(m.type()) +
+                              " of " + std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
+                              std::to_string(opt_.max_message_bytes));
+    enc.raw_size = raw_as_plain(m, enc.raw_size);
+    return enc;
+  }
+
+  // Sends `instruction` to every site (`resync`, when given, to the sites that do not hold the
+  // downstream copy) and collects one `reply_type` per site for the same round.
+  StatusOr<Exchange> exchange(const wire::Message& instruction, MessageType reply_type,
+                              const wire::Message* resync = nullptr) {
     const uint32_t round = instruction.round;
     Exchange ex;
     ex.logs.resize(sites_.size());
     ex.replies.resize(sites_.size());
-    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(instruction, opt_.zstd_level));
-    if (enc.bytes.size() > opt_.max_message_bytes)
-      return invalid_argument("round " + std::to_string(round) + ": " +
-                              wire::message_type_name(instruction.type()) + " of " +
-                              std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
-                              std::to_string(opt_.max_message_bytes));
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, encode_instruction(instruction));
+    std::optional<wire::Encoded> resync_enc;
     std::vector<bool> pending(sites_.size(), false);
     size_t num_pending = 0;
     for (size_t i = 0; i < sites_.size(); ++i) {
       ex.logs[i].site_id = sites_[i].site_id;
       ex.logs[i].error_code = code_of(StatusCode::kTimeout);
-      if (!send_bytes(sites_[i].routing_id, enc.bytes)) {
+      const wire::Encoded* e = &enc;
+      if (resync != nullptr && !sites_[i].synced) {
+        if (!resync_enc) {
+          FEDRAD_ASSIGN_OR_RETURN(wire::Encoded r, encode_instruction(*resync));
+          resync_enc = std::move(r);
+        }
+        e = &*resync_enc;
+      }
+      sites_[i].synced = false;  // until it answers: then it holds what it was sent
+      if (!send_bytes(sites_[i].routing_id, e->bytes)) {
         ex.logs[i].error_code = code_of(StatusCode::kIoError);
         continue;
       }
-      ex.logs[i].bytes_down = enc.bytes.size();
-      ex.logs[i].raw_bytes_down = enc.raw_size;
+      ex.logs[i].bytes_down = e->bytes.size();
+      ex.logs[i].raw_bytes_down = e->raw_size;
       pending[i] = true;
       ++num_pending;
     }
@@ -315,7 +365,7 @@ class Coordinator {
         continue;
       }
       ex.logs[i].bytes_up = in->wire_size;
-      ex.logs[i].raw_bytes_up = in->raw_size;
+      ex.logs[i].raw_bytes_up = raw_as_plain(in->message, in->raw_size);
       ex.logs[i].error_code = 0;
       ex.replies[i] = std::move(in->message);
       pending[i] = false;
@@ -335,9 +385,19 @@ class Coordinator {
     ins.settings = opt_.settings;
     ins.settings.round = round;
     ins.settings.seed = opt_.settings.seed * 1000003ull + round;
-    ins.weights = global;
-    FEDRAD_ASSIGN_OR_RETURN(Exchange ex,
-                            exchange(make_message(opt_.study, round, std::move(ins)), MessageType::kFitRes));
+    FEDRAD_ASSIGN_OR_RETURN(Downstream down, prepare_downstream(global, ins.settings.seed));
+    std::optional<wire::Message> resync;
+    if (down.update.present()) {
+      wire::FitIns full = ins;
+      full.weights = down.next_copy;
+      resync = make_message(opt_.study, round, std::move(full));
+      ins.update = down.update;
+    } else {
+      ins.weights = down.next_copy;
+    }
+    FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(make_message(opt_.study, round, std::move(ins)),
+                                                  MessageType::kFitRes, resync ? &*resync : nullptr));
+    commit_downstream(std::move(down), ex, /*fit=*/true);
 
     std::vector<SiteResult> results(sites_.size());
     size_t num_ok = 0;
@@ -389,6 +449,19 @@ class Coordinator {
                  status_code_name(static_cast<StatusCode>(res.status)));
       return r;
     }
+    if (res.update.present()) {
+      // Deltas are against the model the site trained from; adding them to the exact global
+      // model keeps what the downstream codec did not send yet (it is resent as part of later
+      // deltas), so aggregation sees global + delta_k.
+      auto decoded = decode_update(res.update.codec, res.update.bytes, global);
+      if (!decoded.ok()) {
+        r.error_code = code_of(decoded.status().code());
+        log_->warn("round {}: site '{}' sent an update this coordinator refuses: {}", round, r.site_id,
+                   decoded.status().message());
+        return r;
+      }
+      res.weights = std::move(decoded).value();
+    }
     Status compatible = check_compatible(global, res.weights);
     if (!compatible.ok()) {
       r.error_code = code_of(StatusCode::kCorrupt);
@@ -404,12 +477,25 @@ class Coordinator {
     return r;
   }
 
-  Status run_final_evaluation(const Weights& final_weights) {
+  // Returns the model the sites evaluated: the final global model as the downstream codec
+  // delivered it (the same model when the codec is lossless), which is what the app saves.
+  StatusOr<Weights> run_final_evaluation(const Weights& final_global) {
     const auto start = Clock::now();
     const uint32_t round = static_cast<uint32_t>(opt_.rounds) + 1;
-    FEDRAD_ASSIGN_OR_RETURN(
-        Exchange ex,
-        exchange(make_message(opt_.study, round, wire::EvalIns{final_weights}), MessageType::kEvalRes));
+    FEDRAD_ASSIGN_OR_RETURN(Downstream down,
+                            prepare_downstream(final_global, opt_.settings.seed * 1000003ull + round));
+    std::optional<wire::Message> resync;
+    wire::EvalIns ins;
+    if (down.update.present()) {
+      resync = make_message(opt_.study, round, wire::EvalIns{down.next_copy, {}});
+      ins.update = down.update;
+    } else {
+      ins.weights = down.next_copy;
+    }
+    FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(make_message(opt_.study, round, std::move(ins)),
+                                                  MessageType::kEvalRes, resync ? &*resync : nullptr));
+    const Weights final_weights = down.next_copy;
+    commit_downstream(std::move(down), ex, /*fit=*/false);
     std::vector<EvalReport> evals(sites_.size());
     for (size_t i = 0; i < sites_.size(); ++i) {
       SiteRoundLog& s = ex.logs[i];
@@ -428,7 +514,41 @@ class Coordinator {
     RoundLog log = build_log(round, true, std::move(ex.logs), evals, start);
     log_progress(log);
     if (opt_.on_round_end) opt_.on_round_end(log, final_weights);
-    return ok_status();
+    return final_weights;
+  }
+
+  // ---- downstream codec ------------------------------------------------------------------------
+
+  StatusOr<Downstream> prepare_downstream(const Weights& global, uint64_t seed) {
+    Downstream d;
+    if (down_spec_.plain() || !have_copy_) {
+      d.next_copy = global;  // lossless, or nobody holds a copy yet: the full model
+      return d;
+    }
+    auto bytes = encode_update(down_spec_, global, down_copy_, seed, &down_feedback_);
+    if (!bytes.ok()) return bytes.status().with_context("downstream codec " + down_spec_.to_string());
+    d.update.codec = down_spec_.to_string();
+    d.update.bytes = std::move(bytes).value();
+    // Decode our own bytes with the sites' function: both copies are then identical, bit for bit.
+    FEDRAD_ASSIGN_OR_RETURN(d.next_copy, decode_update(d.update.codec, d.update.bytes, down_copy_));
+    return d;
+  }
+
+  // After an exchange, a site holds the new copy iff it answered (a site that could not decode
+  // answers with an error status and is resynchronised with the full model next time).
+  void commit_downstream(Downstream d, const Exchange& ex, bool fit) {
+    for (size_t i = 0; i < sites_.size(); ++i) {
+      bool ok = false;
+      if (ex.replies[i]) {
+        if (fit) ok = std::get<wire::FitRes>(ex.replies[i]->body).status == 0;
+        else ok = std::get<wire::EvalRes>(ex.replies[i]->body).status == 0;
+      }
+      sites_[i].synced = ok;
+    }
+    if (!down_spec_.plain()) {
+      down_copy_ = std::move(d.next_copy);
+      have_copy_ = true;
+    }
   }
 
   // Pools the successful sites' histograms, picks the threshold there, and scores every site at
@@ -459,6 +579,7 @@ class Coordinator {
     const double threshold = youden_threshold(pooled);
     log.global_eval = binary_metrics(pooled, threshold);
     log.global_eval_loss = loss_n > 0 ? loss_sum / loss_n : 0;
+    log.pooled_histogram = pooled;
     for (size_t i = 0; i < sites.size(); ++i) {
       if (sites[i].ok) {
         sites[i].eval = binary_metrics(evals[i].histogram, threshold);
@@ -516,6 +637,11 @@ class Coordinator {
   zmq::context_t ctx_;
   zmq::socket_t socket_;
   std::vector<Peer> sites_;  // joined, in expected order once the study starts
+  CodecSpec down_spec_;
+  Weights down_copy_;        // what the synced sites hold (lossy downstream codecs only)
+  bool have_copy_ = false;
+  ErrorFeedback down_feedback_;
+  uint64_t plain_model_bytes_ = 0;
 };
 
 }  // namespace

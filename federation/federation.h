@@ -125,8 +125,13 @@ struct RoundLog {
   // the sites' validation histograms; the threshold is chosen on that pooled histogram.
   BinaryMetrics global_eval;
   double global_eval_loss = 0;
+  ScoreHistogram pooled_histogram;  // the pooled validation scores behind global_eval (ROC curves)
   double seconds = 0;
   uint64_t bytes_down = 0, bytes_up = 0, raw_bytes_down = 0, raw_bytes_up = 0;
+  // Differential privacy spent so far (client-level, RDP accountant of federation/dp.h) at
+  // `dp_delta`; negative when the study runs without DP. Filled in by the app.
+  double dp_epsilon = -1;
+  double dp_delta = 0;
 };
 
 struct CoordinatorOptions {
@@ -141,6 +146,12 @@ struct CoordinatorOptions {
   Compression compression = Compression::kZstd;
   int zstd_level = 3;
   size_t max_message_bytes = 2ull << 30;  // larger messages are refused
+  // Update codecs (federation/codec.h), e.g. "delta|ef|topk:0.01|q8|zstd". Upstream: what the
+  // coordinator expects (it decodes any codec it knows; sites choose theirs in SiteOptions).
+  // Downstream: how global models go to the sites, as a delta against the copy each site holds
+  // (a site without one gets the full model). "zstd" (lossless plain weights) keeps the old bytes.
+  std::string upstream_codec = "zstd";
+  std::string downstream_codec = "zstd";
   Weights initial_weights;          // the round-1 global model (the app builds it from the config)
   // Called after each round's aggregation with the log and the new global weights (the app saves
   // the model and metrics here); the last call has evaluation_only = true and the final weights.
@@ -159,6 +170,14 @@ struct SiteOptions {
   Compression compression = Compression::kZstd;
   int zstd_level = 3;
   size_t max_message_bytes = 2ull << 30;
+  // Codec of this site's updates (federation/codec.h); its error-feedback residual is kept across
+  // rounds. downstream_codec is the one this site expects from the coordinator: a site decodes any
+  // codec it knows, and the field only serves to check the configuration at start.
+  std::string upstream_codec = "zstd";
+  std::string downstream_codec = "zstd";
+  // Tamper-evident log of every message sent and received (federation/audit.h); "" = none. The
+  // app passes <out>/audit-<site>.log.
+  std::string audit_log;
 };
 
 // Joins the study and serves the coordinator until SHUTDOWN. A failed fit or evaluation is

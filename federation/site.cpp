@@ -1,9 +1,13 @@
 #include <exception>
+#include <functional>
 #include <string>
 #include <zmq.hpp>
 
 #include "common/log.h"
+#include "federation/codec.h"
+#include "federation/audit.h"
 #include "federation/detail/net.h"
+#include "federation/egress.h"
 #include "federation/federation.h"
 #include "federation/wire.h"
 
@@ -31,10 +35,26 @@ auto call_learner(F&& f) -> decltype(f()) {
 class SiteRunner {
  public:
   SiteRunner(Learner& learner, const SiteOptions& options)
-      : learner_(learner), opt_(options), log_(logger("site-" + options.site_id)) {}
+      : learner_(learner),
+        opt_(options),
+        log_(logger("site-" + options.site_id)),
+        egress_(EgressPolicy{options.site_id, options.study, ""}) {}
 
   Status run() {
     if (opt_.site_id.empty()) return invalid_argument("site: empty site id");
+    auto up = CodecSpec::parse(opt_.upstream_codec);
+    if (!up.ok()) return invalid_argument("site '" + opt_.site_id + "': upstream codec: " + up.status().message());
+    up_spec_ = *up;
+    egress_ = EgressGuard(EgressPolicy{opt_.site_id, opt_.study, up_spec_.plain() ? "" : up_spec_.to_string()});
+    FEDRAD_RETURN_IF_ERROR(egress_.check_policy());
+    if (!opt_.audit_log.empty()) {
+      auto audit = AuditLog::open(opt_.audit_log);
+      if (!audit.ok()) return audit.status();
+      audit_ = std::move(audit).value();
+    }
+    auto down = CodecSpec::parse(opt_.downstream_codec);
+    if (!down.ok())
+      return invalid_argument("site '" + opt_.site_id + "': downstream codec: " + down.status().message());
     try {
       return serve();
     } catch (const zmq::error_t& e) {
@@ -79,6 +99,8 @@ class SiteRunner {
         continue;
       }
       wire::Message& m = decoded->message;
+      FEDRAD_RETURN_IF_ERROR(audit_.record("in", wire::message_type_name(m.type()), m.round, frame.data(),
+                                           frame.size(), decoded->raw_size));
       if (m.study != opt_.study) {
         log_->warn("ignored {} for study '{}' (this site is in '{}')", wire::message_type_name(m.type()),
                    detail::printable(m.study), opt_.study);
@@ -108,10 +130,21 @@ class SiteRunner {
                                 opt_.coordinator_address + " refused to admit it to study '" + opt_.study +
                                 "' (reason code " + std::to_string(reason) + ")");
       }
-      case MessageType::kFitIns:
-        return on_fit(m.round, std::get<wire::FitIns>(m.body));
-      case MessageType::kEvalIns:
-        return on_eval(m.round, std::get<wire::EvalIns>(m.body));
+      case MessageType::kFitIns: {
+        auto& ins = std::get<wire::FitIns>(m.body);
+        Status received = receive_model(ins.weights, ins.update);
+        if (!received.ok()) return reply_fit_failure(m.round, "decoding the global model", received);
+        return on_fit(m.round, ins);
+      }
+      case MessageType::kEvalIns: {
+        auto& ins = std::get<wire::EvalIns>(m.body);
+        Status received = receive_model(ins.weights, ins.update);
+        if (!received.ok()) {
+          log_->error("final evaluation: decoding the global model failed: {}", received.to_string());
+          return send(m.round, wire::EvalRes{code_of(received), {}});
+        }
+        return on_eval(m.round, ins);
+      }
       case MessageType::kShutdown:
         log_->info("coordinator ended the study (reason {})", std::get<wire::Shutdown>(m.body).reason);
         *done = true;
@@ -120,6 +153,27 @@ class SiteRunner {
         log_->warn("ignored unexpected {}", wire::message_type_name(m.type()));
         return ok_status();
     }
+  }
+
+  // The model the coordinator sent, into `weights`: plain weights as they are, an encoded update
+  // applied to this site's copy of the last model (which becomes the new copy). On failure the
+  // copy is dropped; the coordinator then sends the full model next time.
+  Status receive_model(Weights& weights, const wire::EncodedUpdate& update) {
+    if (!update.present()) {
+      copy_ = weights;
+      return ok_status();
+    }
+    if (copy_.empty()) {
+      return unsupported("received an encoded update (" + update.codec + ") but holds no model to apply it to");
+    }
+    auto decoded = decode_update(update.codec, update.bytes, copy_);
+    if (!decoded.ok()) {
+      copy_.clear();
+      return decoded.status();
+    }
+    copy_ = std::move(decoded).value();
+    weights = copy_;
+    return ok_status();
   }
 
   Status on_fit(uint32_t round, const wire::FitIns& ins) {
@@ -134,7 +188,16 @@ class SiteRunner {
     res.train_loss = fit->train_loss;
     res.train_seconds = fit->train_seconds;
     res.eval = std::move(eval).value();
-    res.weights = std::move(fit->weights);
+    if (up_spec_.plain()) {
+      res.weights = std::move(fit->weights);
+    } else {
+      // Against the model this site trained from; the residual stays here for the next round.
+      const uint64_t seed = ins.settings.seed * 0x9e3779b97f4a7c15ull + std::hash<std::string>()(opt_.site_id);
+      auto bytes = encode_update(up_spec_, fit->weights, copy_, seed, &feedback_);
+      if (!bytes.ok()) return reply_fit_failure(round, "encoding the update", bytes.status());
+      res.update.codec = up_spec_.to_string();
+      res.update.bytes = std::move(bytes).value();
+    }
     Status sent = send(round, std::move(res));
     if (sent.code() == StatusCode::kInvalidArgument)
       return reply_fit_failure(round, "encoding the update", sent);
@@ -178,13 +241,15 @@ class SiteRunner {
     m.sender = opt_.site_id;
     m.compression = opt_.compression;
     m.body = std::move(body);
-    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(m, opt_.zstd_level));
+    // The only way out: the egress guard admits the message and encodes it.
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, egress_.seal(m, &copy_, opt_.zstd_level));
     if (enc.bytes.size() > opt_.max_message_bytes)
       return invalid_argument(std::string(wire::message_type_name(m.type())) + " of " +
                               std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
                               std::to_string(opt_.max_message_bytes));
     socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::none);
-    return ok_status();
+    return audit_.record("out", wire::message_type_name(m.type()), round, enc.bytes.data(), enc.bytes.size(),
+                         enc.raw_size);
   }
 
   Learner& learner_;
@@ -192,6 +257,11 @@ class SiteRunner {
   std::shared_ptr<spdlog::logger> log_;
   zmq::context_t ctx_;
   zmq::socket_t socket_;
+  CodecSpec up_spec_;
+  Weights copy_;            // the global model as last received (reference of deltas both ways)
+  ErrorFeedback feedback_;  // upstream residual, across rounds
+  EgressGuard egress_;      // every outgoing message passes here
+  AuditLog audit_;          // what crossed the boundary, hash-chained
 };
 
 }  // namespace

@@ -75,6 +75,8 @@ StatusOr<uint64_t> shape_elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
+Status put_payload(Writer& w, const Weights& weights, const EncodedUpdate& update);
+
 Status put_weights(Writer& w, const Weights& weights) {
   if (weights.size() > kMaxTensors)
     return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
@@ -93,6 +95,17 @@ Status put_weights(Writer& w, const Weights& weights) {
     for (int64_t d : t.shape) w.i64(d);
     w.f32_array(t.data);
   }
+  return ok_status();
+}
+
+Status put_payload(Writer& w, const Weights& weights, const EncodedUpdate& update) {
+  if (!update.present()) return put_weights(w, weights);
+  if (!weights.empty()) return invalid_argument("a message carries both plain weights and an encoded update");
+  FEDRAD_RETURN_IF_ERROR(check_string(update.codec, "codec"));
+  w.u32(kEncodedUpdateMarker);
+  w.str(update.codec);
+  w.u64(update.bytes.size());
+  w.bytes(update.bytes.data(), update.bytes.size());
   return ok_status();
 }
 
@@ -133,7 +146,7 @@ struct BodyWriter {
   }
   Status operator()(const FitIns& b) {
     put_settings(w, b.settings);
-    return put_weights(w, b.weights);
+    return put_payload(w, b.weights, b.update);
   }
   Status operator()(const FitRes& b) {
     w.u32(b.status);
@@ -141,9 +154,9 @@ struct BodyWriter {
     w.f64(b.train_loss);
     w.f64(b.train_seconds);
     FEDRAD_RETURN_IF_ERROR(put_eval(w, b.eval));
-    return put_weights(w, b.weights);
+    return put_payload(w, b.weights, b.update);
   }
-  Status operator()(const EvalIns& b) { return put_weights(w, b.weights); }
+  Status operator()(const EvalIns& b) { return put_payload(w, b.weights, b.update); }
   Status operator()(const EvalRes& b) {
     w.u32(b.status);
     return put_eval(w, b.eval);
@@ -221,6 +234,12 @@ class Reader {
     left_ = 0;
   }
 
+  std::string blob(uint64_t n, const char* what) {
+    if (!fits(n, 1, what)) return {};
+    if (!take(static_cast<size_t>(n), what)) return {};
+    return std::string(reinterpret_cast<const char*>(p_ - n), static_cast<size_t>(n));
+  }
+
  private:
   bool take(size_t n, const char* what) {
     if (!ok()) return false;
@@ -248,9 +267,17 @@ class Reader {
   Status status_;
 };
 
-void read_weights(Reader& r, Weights* out) {
+void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr) {
   const uint32_t count = r.u32();
   if (!r.ok()) return;
+  if (count == kEncodedUpdateMarker && update != nullptr) {
+    update->codec = r.str("codec");
+    if (!r.ok()) return;
+    if (update->codec.empty()) return r.fail("encoded update without a codec");
+    const uint64_t n = r.u64();
+    update->bytes = r.blob(n, "encoded update");
+    return;
+  }
   if (count > kMaxTensors)
     return r.fail("tensor count " + std::to_string(count) + " exceeds " + std::to_string(kMaxTensors));
   // Each tensor needs at least a name length and a dim count.
@@ -311,7 +338,7 @@ Body read_body(Reader& r, MessageType type) {
     case MessageType::kFitIns: {
       FitIns b;
       read_settings(r, &b.settings);
-      read_weights(r, &b.weights);
+      read_weights(r, &b.weights, &b.update);
       return b;
     }
     case MessageType::kFitRes: {
@@ -321,12 +348,12 @@ Body read_body(Reader& r, MessageType type) {
       b.train_loss = r.f64();
       b.train_seconds = r.f64();
       read_eval(r, &b.eval);
-      read_weights(r, &b.weights);
+      read_weights(r, &b.weights, &b.update);
       return b;
     }
     case MessageType::kEvalIns: {
       EvalIns b;
-      read_weights(r, &b.weights);
+      read_weights(r, &b.weights, &b.update);
       return b;
     }
     case MessageType::kEvalRes: {
@@ -457,5 +484,13 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
   out.raw_size = head_size + body_size;
   return out;
 }
+
+uint64_t plain_weights_bytes(const Weights& w) {
+  uint64_t n = 4;
+  for (const TensorRecord& t : w) n += 4 + t.name.size() + 4 + 8 * t.shape.size() + 4 * t.data.size();
+  return n;
+}
+
+uint64_t encoded_update_bytes(const EncodedUpdate& u) { return 4 + 4 + u.codec.size() + 8 + u.bytes.size(); }
 
 }  // namespace fedrad::fed::wire

@@ -22,6 +22,9 @@
 // eval:      u64 num_examples | f64 loss | histogram
 // histogram: u32 bins | bins x u64 neg | bins x u64 pos
 // weights:   u32 count | count x (str name | u32 ndim | ndim x i64 dim | prod(dims) x f32)
+//            or, for an encoded update (federation/codec.h) in FIT_INS, FIT_RES and EVAL_INS:
+//            u32 0xFFFFFFFF | str codec | u64 length | length bytes
+//            (the marker is above kMaxTensors, so a peer without codecs refuses it as corrupt)
 //
 // Decoding treats every byte as hostile: lengths are checked against the bytes left and against
 // the limits below before anything is allocated, and every failure is a Status, never a throw.
@@ -64,6 +67,16 @@ enum class RejectReason : uint32_t {
 };
 enum class ShutdownReason : uint32_t { kDone = 0, kAborted = 1 };
 
+inline constexpr uint32_t kEncodedUpdateMarker = 0xFFFFFFFFu;
+
+// An update made by federation/codec.h, travelling in place of plain weights. Present when
+// `codec` is non-empty; the message's `weights` are then empty and the receiver rebuilds them.
+struct EncodedUpdate {
+  std::string codec;  // canonical codec text (CodecSpec::to_string)
+  std::string bytes;
+  bool present() const { return !codec.empty(); }
+};
+
 struct Join {
   uint64_t num_train = 0;
   uint64_t num_val = 0;
@@ -75,6 +88,7 @@ struct Reject {
 struct FitIns {
   RoundSettings settings;
   Weights weights;
+  EncodedUpdate update;  // in place of weights when present
 };
 struct FitRes {
   uint32_t status = 0;
@@ -83,9 +97,11 @@ struct FitRes {
   double train_seconds = 0;
   EvalReport eval;
   Weights weights;
+  EncodedUpdate update;  // in place of weights when present
 };
 struct EvalIns {
   Weights weights;
+  EncodedUpdate update;  // in place of weights when present
 };
 struct EvalRes {
   uint32_t status = 0;
@@ -125,5 +141,10 @@ struct Decoded {
 // Refuses (corrupt/unsupported) anything malformed, including inputs or decompressed bodies
 // larger than max_message_bytes and trailing bytes after the body.
 StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes);
+
+// Bytes of the `weights` layout above for plain weights, and for an encoded update: what a
+// message's raw size is counted in (raw = as if the full model travelled as plain float32).
+uint64_t plain_weights_bytes(const Weights& w);
+uint64_t encoded_update_bytes(const EncodedUpdate& u);
 
 }  // namespace fedrad::fed::wire

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "training/checkpoint.h"
+#include "training/dp_sgd.h"
 #include "training/trainer.h"
 
 namespace fedrad::training {
@@ -26,7 +27,19 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
     options.on_epoch = [&](int epoch, double loss) {
       log->info("round {} epoch {}/{}: loss {:.4f}", settings.round, epoch + 1, settings.local_epochs, loss);
     };
-    FitStats stats = training::fit(model_, train_, options);
+    FitStats stats;
+    if (config_.privacy.dp_sgd) {
+      FEDRAD_RETURN_IF_ERROR(check_dp_sgd_model(model_));
+      DpSgdOptions dp{config_.privacy.sample_clip, config_.privacy.sample_noise_multiplier};
+      DpSgdStats dps = dp_sgd_fit(model_, train_, options, dp);
+      stats = dps.fit;
+      dp_accountant_.step(dps.sample_rate, dp.noise_multiplier, static_cast<uint64_t>(dps.steps));
+      log->info("round {}: DP-SGD, {} steps at q = {:.4f}, sigma = {}: epsilon {:.3f} at delta {} so far",
+                settings.round, dps.steps, dps.sample_rate, dp.noise_multiplier,
+                dp_accountant_.spent(config_.privacy.delta).epsilon, config_.privacy.delta);
+    } else {
+      stats = training::fit(model_, train_, options);
+    }
     fed::FitReport report;
     report.weights = to_weights(*model_);
     report.num_examples = static_cast<uint64_t>(stats.samples);

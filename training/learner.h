@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "common/config.h"
+#include "federation/dp.h"
 #include "federation/federation.h"
 #include "models/classifier.h"
 #include "training/dataset.h"
@@ -27,6 +28,7 @@ class TorchLearner : public fed::Learner {
   ImageSet train_, val_;
   int site_index_;
   models::Classifier model_;
+  fed::dp::RdpAccountant dp_accountant_;  // DP-SGD's privacy spent at this site, across rounds
 };
 
 }  // namespace fedrad::training
