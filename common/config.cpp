@@ -136,6 +136,8 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.train.batch_size >= 1, c, "train.batch_size", "must be at least 1"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.lr > 0 && c.train.lr < 10, c, "train.lr", "must be in (0, 10)"));
   FEDRAD_RETURN_IF_ERROR(check(one_of(c.train.optimizer, {"adam", "sgd"}), c, "train.optimizer", "must be adam or sgd"));
+  FEDRAD_RETURN_IF_ERROR(check(one_of(c.train.lr_schedule, {"constant", "cosine"}), c, "train.lr_schedule",
+                               "must be constant or cosine"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.momentum >= 0 && c.train.momentum < 1, c, "train.momentum", "must be in [0, 1)"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.weight_decay >= 0, c, "train.weight_decay", "must be >= 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.threads >= 0, c, "train.threads", "must be >= 0"));
@@ -221,6 +223,7 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       t.get("batch_size", &c.train.batch_size);
       t.get("lr", &c.train.lr);
       t.get("optimizer", &c.train.optimizer);
+      t.get("lr_schedule", &c.train.lr_schedule);
       t.get("momentum", &c.train.momentum);
       t.get("weight_decay", &c.train.weight_decay);
       t.get("threads", &c.train.threads);
@@ -292,6 +295,7 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "batch_size" << YAML::Value << c.train.batch_size;
   e << YAML::Key << "lr" << YAML::Value << c.train.lr;
   e << YAML::Key << "optimizer" << YAML::Value << c.train.optimizer;
+  e << YAML::Key << "lr_schedule" << YAML::Value << c.train.lr_schedule;
   e << YAML::Key << "momentum" << YAML::Value << c.train.momentum;
   e << YAML::Key << "weight_decay" << YAML::Value << c.train.weight_decay;
   e << YAML::Key << "threads" << YAML::Value << c.train.threads;

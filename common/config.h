@@ -31,6 +31,10 @@ struct TrainConfig {
   int batch_size = 64;
   double lr = 0.001;
   std::string optimizer = "adam";  // adam | sgd
+  // constant, or cosine: lr * (1 + cos(pi * e / E)) / 2 at epoch e of the E epochs of the whole
+  // study (rounds x local_epochs when federated, `epochs` for baselines), so federated and
+  // centralised runs decay alike.
+  std::string lr_schedule = "constant";
   double momentum = 0.9;       // sgd only
   double weight_decay = 0.0001;
   int threads = 0;             // intra-op threads per process; 0 = all cores (shared out in simulate)

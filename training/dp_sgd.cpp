@@ -44,15 +44,7 @@ DpSgdStats dp_sgd_fit(models::Classifier& model, const ImageSet& data, const Fit
                       const DpSgdOptions& dp) {
   const auto start = std::chrono::steady_clock::now();
   model->train();
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (options.optimizer == "sgd") {
-    opt = std::make_unique<torch::optim::SGD>(
-        model->parameters(),
-        torch::optim::SGDOptions(options.lr).momentum(options.momentum).weight_decay(options.weight_decay));
-  } else {
-    opt = std::make_unique<torch::optim::AdamW>(
-        model->parameters(), torch::optim::AdamWOptions(options.lr).weight_decay(options.weight_decay));
-  }
+  auto opt = make_optimizer(model->parameters(), options);
   auto gen = at::detail::createCPUGenerator(options.seed);
   const int64_t n = data.size();
   DpSgdStats stats;
@@ -64,6 +56,7 @@ DpSgdStats dp_sgd_fit(models::Classifier& model, const ImageSet& data, const Fit
   const int64_t steps_per_epoch = std::max<int64_t>(1, static_cast<int64_t>(std::llround(1.0 / q)));
   auto params = model->parameters();
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
+    for (auto& group : opt->param_groups()) group.options().set_lr(scheduled_lr(options, epoch));
     double loss_sum = 0;
     int64_t seen = 0;
     for (int64_t step = 0; step < steps_per_epoch; ++step) {

@@ -23,6 +23,11 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
                                      settings.seed * 7919 + static_cast<uint64_t>(site_index_));
     options.batch_size = static_cast<int>(settings.batch_size);
     options.lr = settings.lr;
+    // The study-wide schedule: this round runs epochs [(round-1) * E, round * E) of rounds * E.
+    if (config_.train.lr_schedule == "cosine") {
+      options.schedule_epochs = config_.rounds * static_cast<int>(settings.local_epochs);
+      options.schedule_offset = static_cast<int>(settings.round - 1) * static_cast<int>(settings.local_epochs);
+    }
     auto log = logger("train");
     options.on_epoch = [&](int epoch, double loss) {
       log->info("round {} epoch {}/{}: loss {:.4f}", settings.round, epoch + 1, settings.local_epochs, loss);

@@ -19,7 +19,25 @@ FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed
   o.seed = seed;
   o.augment = config.data.augment;
   o.hflip = config.data.hflip;
+  if (config.train.lr_schedule == "cosine") o.schedule_epochs = epochs;
   return o;
+}
+
+double scheduled_lr(const FitOptions& options, int epoch) {
+  if (options.schedule_epochs <= 0) return options.lr;
+  const double kPi = 3.14159265358979323846;
+  const double t = static_cast<double>(options.schedule_offset + epoch) / options.schedule_epochs;
+  return options.lr * 0.5 * (1.0 + std::cos(kPi * std::min(1.0, t)));
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params,
+                                                        const FitOptions& options) {
+  if (options.optimizer == "sgd") {
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(options.lr).momentum(options.momentum).weight_decay(options.weight_decay));
+  }
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(options.lr).weight_decay(options.weight_decay));
 }
 
 void set_threads(int n) {
@@ -50,20 +68,13 @@ torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen)
 FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   model->train();
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (options.optimizer == "sgd") {
-    opt = std::make_unique<torch::optim::SGD>(
-        model->parameters(),
-        torch::optim::SGDOptions(options.lr).momentum(options.momentum).weight_decay(options.weight_decay));
-  } else {
-    opt = std::make_unique<torch::optim::AdamW>(
-        model->parameters(), torch::optim::AdamWOptions(options.lr).weight_decay(options.weight_decay));
-  }
+  auto opt = make_optimizer(model->parameters(), options);
   auto gen = at::detail::createCPUGenerator(options.seed);
   const int64_t n = data.size();
   FitStats stats;
   stats.samples = n;
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
+    for (auto& group : opt->param_groups()) group.options().set_lr(scheduled_lr(options, epoch));
     auto perm = torch::randperm(n, gen, torch::kLong);
     double loss_sum = 0;
     int64_t seen = 0;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include <torch/optim/optimizer.h>
 #include <torch/types.h>
 
 #include "common/config.h"
@@ -26,11 +27,22 @@ struct FitOptions {
   uint64_t seed = 0;               // shuffling and augmentation; same seed, same run
   bool augment = true;
   bool hflip = false;
+  // Cosine decay over a schedule of `schedule_epochs` epochs of which this call runs epochs
+  // [schedule_offset, schedule_offset + epochs); 0 = constant lr.
+  int schedule_epochs = 0;
+  int schedule_offset = 0;
   // Called after each epoch with its index (0-based) and mean loss; for progress output.
   std::function<void(int epoch, double loss)> on_epoch;
 };
 
 FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed);
+
+// The learning rate of one epoch under the options' schedule.
+double scheduled_lr(const FitOptions& options, int epoch);
+
+// AdamW or SGD (with momentum) over `params` as the options say.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params,
+                                                        const FitOptions& options);
 
 struct FitStats {
   double loss = 0;        // mean training loss of the last epoch

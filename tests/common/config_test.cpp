@@ -49,6 +49,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadCase{"train: {lr: -1}\n", "train.lr"},
                       BadCase{"train: {optimiser: sgd}\n", "train.optimiser: unknown key"},
                       BadCase{"model: {norm: layer}\n", "model.norm"},
+                      BadCase{"train: {lr_schedule: step}\n", "train.lr_schedule"},
                       BadCase{"data: {input_size: 3}\n", "data.input_size"},
                       BadCase{"sites: [a, a]\n", "listed twice"},
                       BadCase{"sites: [a]\nfederation: {min_sites: 2}\n", "federation.min_sites"},

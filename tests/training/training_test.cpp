@@ -89,6 +89,21 @@ TEST(Dataset, UnreadableFilesAreListedAndSkipped) {
   EXPECT_NE(set->unreadable[0].reason.find("bad.dcm"), std::string::npos) << set->unreadable[0].reason;
 }
 
+TEST(Schedule, CosineDecaysOverTheWholeStudy) {
+  FitOptions o;
+  o.lr = 0.01;
+  EXPECT_DOUBLE_EQ(scheduled_lr(o, 7), 0.01);  // constant without a schedule
+  o.schedule_epochs = 4;
+  EXPECT_DOUBLE_EQ(scheduled_lr(o, 0), 0.01);
+  EXPECT_NEAR(scheduled_lr(o, 2), 0.005, 1e-12);  // halfway
+  o.schedule_offset = 3;                            // a federated round that runs epoch 3 of 4
+  EXPECT_NEAR(scheduled_lr(o, 0), 0.01 * 0.5 * (1 + std::cos(3.14159265358979323846 * 0.75)), 1e-12);
+  auto c = small_config();
+  c.rounds = 5;
+  c.train.lr_schedule = "cosine";
+  EXPECT_EQ(fit_options_from(c, 5, 0).schedule_epochs, 5);
+}
+
 TEST(Augment, SameSeedSameOutputAndShapeKept) {
   auto x = torch::randn({4, 1, 28, 28});
   auto g1 = at::detail::createCPUGenerator(5), g2 = at::detail::createCPUGenerator(5);
