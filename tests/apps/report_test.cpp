@@ -35,15 +35,7 @@ size_t count(const std::string& s, const std::string& what) {
   return n;
 }
 
-std::string run(const std::string& cmd, int* exit_code) {
-  std::array<char, 4096> buf{};
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  while (p && std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int status = p ? ::pclose(p) : -1;
-  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
+std::string run(const std::string& cmd, int* exit_code) { return testing::run_command(cmd, exit_code); }
 
 // Scores of a decent classifier: positives around 0.7, negatives around 0.3.
 ScoreHistogram fake_histogram(int n, uint32_t seed) {

@@ -25,19 +25,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  const int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
-}
-
 // Copies the first `n` labelled files of a shared split into dir, with their labels.csv.
 void copy_slice(const std::string& src, const std::string& dir, int n) {
   fs::create_directories(dir);
@@ -54,15 +41,8 @@ void copy_slice(const std::string& src, const std::string& dir, int n) {
   }
 }
 
-std::string run(const std::string& cmd, int* exit_code) {
-  std::array<char, 4096> buf{};
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  while (p && std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int status = p ? ::pclose(p) : -1;
-  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
+using testing::free_port;
+std::string run(const std::string& cmd, int* exit_code) { return testing::run_command(cmd, exit_code); }
 
 const std::string kFedrad = std::string(FEDRAD_BINARY_DIR) + "/apps/fedrad";
 
