@@ -17,16 +17,6 @@ double eta_seconds(double sum_round_seconds, int rounds_done, int rounds_total) 
   return sum_round_seconds / rounds_done * left;
 }
 
-std::string format_duration(double s) {
-  if (!(s >= 0) || !std::isfinite(s)) return "?";
-  const long t = std::lround(s);
-  char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh %02ldm", t / 3600, (t % 3600) / 60);
-  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm %02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof(buf), "%lds", t);
-  return buf;
-}
-
 namespace {
 
 json metrics_of(const BinaryMetrics& m) {

@@ -8,6 +8,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+
+#include "common/progress.h"  // format_duration
 #include <thread>
 #include <vector>
 
@@ -31,8 +33,6 @@ StatusOr<HttpReply> http_get_local(int port, const std::string& path, double tim
 
 // Mean round time x rounds left (the final evaluation counts as a round); -1 before any round.
 double eta_seconds(double sum_round_seconds, int rounds_done, int rounds_total);
-// "1h 02m", "3m 20s", "12s"; "?" when negative.
-std::string format_duration(double seconds);
 
 class StatusServer {
  public:

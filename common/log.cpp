@@ -2,9 +2,12 @@
 
 #include <mutex>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/sink.h>
 
 namespace fedrad {
+namespace detail {
+std::shared_ptr<spdlog::sinks::sink> stderr_sink();  // common/progress.cpp
+}  // namespace detail
 namespace {
 
 std::mutex g_mu;
@@ -23,7 +26,9 @@ void set_verbosity(Verbosity v) {
 std::shared_ptr<spdlog::logger> logger(const std::string& component) {
   std::lock_guard<std::mutex> lock(g_mu);
   if (auto existing = spdlog::get(component)) return existing;
-  auto l = spdlog::stderr_color_mt(component);
+  // One sink for all components: it keeps log lines and the live progress line apart.
+  auto l = std::make_shared<spdlog::logger>(component, detail::stderr_sink());
+  spdlog::register_logger(l);
   l->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ [%n] %v");
   l->set_level(g_level);
   return l;

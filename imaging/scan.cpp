@@ -14,6 +14,7 @@
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <nlohmann/json.hpp>
 
+#include "common/progress.h"
 #include "imaging/dicom.h"
 
 namespace fedrad::imaging {
@@ -133,7 +134,9 @@ StatusOr<FolderScan> scan_folder(const std::string& dir, const ScanOptions& opti
     paths.push_back(it->path());
   }
   std::sort(paths.begin(), paths.end());
+  Progress progress("index", "indexing " + dir, paths.size(), "files");
   for (const auto& p : paths) {
+    progress.advance();
     ++scan.files_seen;
     const std::string rel = p.lexically_relative(dir).generic_string();
     auto h = read_header(p.string());

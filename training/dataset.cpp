@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "common/log.h"
+#include "common/progress.h"
 #include "cuda/preprocess.h"
 #include "imaging/dicom.h"
 
@@ -40,7 +41,7 @@ struct Decoded {
 
 // Decodes files[i] into images[i]; failures are recorded per file, never thrown.
 std::vector<Decoded> decode_all(const std::vector<std::string>& files, const DataConfig& data, int threads,
-                                float* images) {
+                                float* images, Progress* progress) {
   std::vector<Decoded> results(files.size());
   const int64_t plane = static_cast<int64_t>(data.input_size) * data.input_size;
   std::atomic<size_t> next{0};
@@ -49,6 +50,7 @@ std::vector<Decoded> decode_all(const std::vector<std::string>& files, const Dat
       imaging::ReadOptions ro;
       ro.frame = 0;
       auto px = imaging::read_dicom(files[i], ro);
+      progress->advance();
       if (!px.ok()) {
         results[i].error = px.status().message();
         continue;
@@ -100,8 +102,10 @@ StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data
   if (files.empty()) return not_found(dir + ": labels.csv lists no existing file");
   const int s = data.input_size;
   auto all = torch::empty({static_cast<int64_t>(files.size()), static_cast<int64_t>(s) * s});
-  auto decoded = decode_all(files, data, threads, all.data_ptr<float>());
+  Progress progress("data", "decoding " + dir, files.size(), "images");
+  auto decoded = decode_all(files, data, threads, all.data_ptr<float>(), &progress);
   ImageSet set = assemble(files, labels, decoded, all, s);
+  progress.finish(std::to_string(set.size()) + " usable");
   set.index = std::move(index);
   auto log = logger("data");
   for (const auto& p : set.unreadable) log->warn("skipping unreadable file {}", p.reason);
@@ -112,7 +116,9 @@ StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data
 StatusOr<ImageSet> load_unlabelled(const std::vector<std::string>& files, const DataConfig& data, int threads) {
   const int s = data.input_size;
   auto all = torch::empty({static_cast<int64_t>(files.size()), static_cast<int64_t>(s) * s});
-  auto decoded = decode_all(files, data, threads, all.data_ptr<float>());
+  Progress progress("data", "decoding", files.size(), "images");
+  auto decoded = decode_all(files, data, threads, all.data_ptr<float>(), &progress);
+  progress.finish();
   std::vector<float> labels(files.size(), -1.0f);
   return assemble(files, labels, decoded, all, s);
 }
