@@ -6,9 +6,11 @@
 #include <CLI/CLI.hpp>
 
 #include "apps/report.h"
+#include "apps/segmentation.h"
 #include "apps/study.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/progress.h"
 #include "imaging/scan.h"
 
 namespace fedrad::app {
@@ -29,6 +31,11 @@ int run_cli(int argc, char** argv) {
   bool verbose = false, quiet = false;
   app.add_flag("-v,--verbose", verbose, "debug output");
   app.add_flag("-q,--quiet", quiet, "warnings and errors only");
+  std::string progress = "auto";
+  app.add_option("--progress", progress,
+                 "progress display: auto (a live line on a terminal, plain log lines otherwise), live, plain or off")
+      ->check(CLI::IsMember({"auto", "live", "plain", "off"}))
+      ->envname("FEDRAD_PROGRESS");
 
   std::string config_path, data, out, model, site_id, address, csv_out = "-";
   std::vector<std::string> data_dirs, sites, inputs;
@@ -52,6 +59,12 @@ int run_cli(int argc, char** argv) {
   coord->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
   coord->add_option("--out", out, "output folder")->required();
   coord->add_option("--address", address, "bind address (default: federation.address)");
+  std::string keys_dir;
+  bool resume = false;
+  coord->add_option("--keys", keys_dir, "CurveZMQ keys folder (default: federation.keys_dir; see `fedrad keys`)");
+  coord->add_flag("--resume", resume,
+                  "continue the study from OUT/state (the last completed round) after a crash; without it the "
+                  "study starts at round 1");
   coord->add_option("--status-port", status_port,
                     "serve live status on http://127.0.0.1:PORT/status and /metrics (default: off)")
       ->check(CLI::Range(0, 65535));
@@ -62,6 +75,12 @@ int run_cli(int argc, char** argv) {
   site->add_option("--site-id", site_id, "this site's name (one of the config's sites)")->required();
   site->add_option("--address", address, "coordinator address (default: federation.address)");
   site->add_option("--threads", threads, "compute threads (default: train.threads)");
+  site->add_option("--keys", keys_dir, "CurveZMQ keys folder (default: federation.keys_dir; see `fedrad keys`)");
+
+  auto* keys = app.add_subcommand("keys", "Create CurveZMQ key pairs for the coordinator and each site");
+  keys->add_option("--out", out, "keys folder (kept keys are not replaced)")->required();
+  keys->add_option("--config", config_path, "study config whose `sites` get keys")->check(CLI::ExistingFile);
+  keys->add_option("--site", sites, "a site to create keys for (repeatable; default: the config's sites)");
   std::string audit_log;
   site->add_option("--audit-log", audit_log,
                    "append the tamper-evident log of every message sent and received here "
@@ -84,10 +103,26 @@ int run_cli(int argc, char** argv) {
   evaluate->add_option("--data", data_dirs, "folder with labels.csv (repeatable: pooled)")->required();
   evaluate->add_option("--threshold", threshold, "decision threshold (default: the model's)");
 
-  auto* predict = app.add_subcommand("predict", "Probability of pneumonia per DICOM image; CSV out");
+  auto* predict = app.add_subcommand(
+      "predict", "Classifier: probability of pneumonia per DICOM image, CSV out. Segmentation model: one case's "
+                 "channels in, a NIfTI mask (same geometry) and a PNG overlay out");
   predict->add_option("--model", model, "model file")->required()->check(CLI::ExistingFile);
-  predict->add_option("inputs", inputs, "DICOM files or folders")->required();
-  predict->add_option("--out", csv_out, "CSV file (default: stdout)");
+  predict->add_option("inputs", inputs,
+                      "DICOM files or folders; for a segmentation model the case's channels in the model's order "
+                      "(NIfTI files or DICOM series folders)")
+      ->required();
+  predict->add_option("--out", csv_out, "CSV file (default: stdout); segmentation: the mask (.nii.gz)");
+  std::string overlay;
+  predict->add_option("--overlay", overlay, "segmentation: PNG quick look (default: the mask's name with .png; none = off)");
+
+  auto* synth_seg = app.add_subcommand(
+      "synth-seg", "Write synthetic brain-tumour MRI (4 channels, BraTS labels) for three sites (NIfTI + cases.csv)");
+  synth_seg->add_option("--out", out, "output folder (one sub-folder per site)")->required();
+  int synth_train = 8, synth_val = 4;
+  uint64_t synth_seed = 42;
+  synth_seg->add_option("--train", synth_train, "train cases per site")->default_val(8)->check(CLI::Range(1, 10000));
+  synth_seg->add_option("--val", synth_val, "validation cases per site")->default_val(4)->check(CLI::Range(1, 10000));
+  synth_seg->add_option("--seed", synth_seed, "seed")->default_val(42);
 
   auto* index = app.add_subcommand("index", "Report what a DICOM folder holds: studies, series, syntaxes, labels");
   index->add_option("dir", data, "folder of DICOM files (with a labels.csv, labels are counted)")
@@ -117,6 +152,9 @@ int run_cli(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   set_verbosity(quiet ? Verbosity::kQuiet : verbose ? Verbosity::kVerbose : Verbosity::kNormal);
+  ProgressMode mode = ProgressMode::kAuto;
+  parse_progress_mode(progress, &mode);
+  set_progress_mode(quiet && mode == ProgressMode::kAuto ? ProgressMode::kOff : mode);
 
   auto load = [&]() -> StatusOr<StudyConfig> { return load_study_config(config_path); };
 
@@ -125,15 +163,36 @@ int run_cli(int argc, char** argv) {
     auto c = load();
     return report(c.ok() ? app::simulate(*c, data, out, status_port) : c.status());
   }
+  // Across machines the traffic is encrypted and authenticated unless the config says otherwise.
+  auto need_keys = [&](StudyConfig& c) -> Status {
+    if (!keys_dir.empty()) c.federation.keys_dir = keys_dir;
+    if (!c.federation.keys_dir.empty() || c.federation.plaintext) return ok_status();
+    return invalid_argument(c.source +
+                            ": federation.keys_dir: no CurveZMQ keys; create them with `fedrad keys --out DIR "
+                            "--config FILE` and pass --keys DIR (or set federation.keys_dir), or set "
+                            "federation.plaintext: true to run unencrypted inside a VPN");
+  };
   if (*coord) {
     auto c = load();
     if (!c.ok()) return report(c.status());
     if (!address.empty()) c->federation.address = address;
-    return report(app::coordinator(*c, out, status_port));
+    if (Status st = need_keys(*c); !st.ok()) return report(st);
+    return report(app::coordinator(*c, out, status_port, resume));
   }
   if (*site) {
     auto c = load();
-    return report(c.ok() ? app::site(*c, data, site_id, address, threads, audit_log) : c.status());
+    if (!c.ok()) return report(c.status());
+    if (Status st = need_keys(*c); !st.ok()) return report(st);
+    return report(app::site(*c, data, site_id, address, threads, audit_log));
+  }
+  if (*keys) {
+    std::vector<std::string> names = sites;
+    if (names.empty() && !config_path.empty()) {
+      auto c = load();
+      if (!c.ok()) return report(c.status());
+      names = c->sites;
+    }
+    return report(app::write_keys(out, names));
   }
   if (*train) {
     auto c = load();
@@ -146,7 +205,8 @@ int run_cli(int argc, char** argv) {
     std::cout << r->dump(2) << std::endl;
     return 0;
   }
-  if (*predict) return report(app::predict(model, inputs, csv_out));
+  if (*predict) return report(app::predict(model, inputs, csv_out, overlay));
+  if (*synth_seg) return report(app::write_synthetic_seg_sites(out, synth_train, synth_val, synth_seed));
   if (*audit_verify) return report(app::audit_verify(audit_path));
   if (*index) {
     if (!index_json) {

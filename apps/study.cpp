@@ -1,6 +1,7 @@
 #include "apps/study.h"
 
 #include "apps/report.h"
+#include "apps/segmentation.h"
 #include "apps/status_server.h"
 
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +29,7 @@
 #include "federation/audit.h"
 #include "federation/dp.h"
 #include "federation/federation.h"
+#include "federation/keys.h"
 #include "imaging/dicom.h"
 #include "imaging/scan.h"
 #include "imaging/site_index.h"
@@ -84,30 +87,98 @@ StatusOr<int> free_port() {
 class StudyRecorder {
  public:
   StudyRecorder(const StudyConfig& config, std::string out_dir, StatusServer* status = nullptr)
-      : config_(config), out_(std::move(out_dir)), model_(training::classifier_options(config)), status_(status) {}
+      : config_(config), out_(std::move(out_dir)), model_(training::build_model(config)), status_(status) {}
 
-  Status open() {
+  // resume: the coordinator continues a study from its checkpoint; the metrics files are kept
+  // (trimmed to the checkpoint's round by resume_after).
+  Status open(bool resume = false) {
     FEDRAD_RETURN_IF_ERROR(make_dir(out_ + "/models"));
     std::ofstream cfg(out_ + "/config.yaml");
     cfg << to_yaml(config_);
+    start_ = std::chrono::steady_clock::now();
+    std::error_code ec;
+    if (resume && fs::exists(out_ + "/metrics.jsonl") && fs::file_size(out_ + "/metrics.csv", ec) > 0 && !ec) {
+      jsonl_.open(out_ + "/metrics.jsonl", std::ios::app);
+      csv_.open(out_ + "/metrics.csv", std::ios::app);
+      if (!jsonl_ || !csv_ || !cfg) return io_error(out_ + ": cannot write the study's output files");
+      return ok_status();
+    }
     jsonl_.open(out_ + "/metrics.jsonl", std::ios::trunc);
     csv_.open(out_ + "/metrics.csv", std::ios::trunc);
     if (!jsonl_ || !csv_ || !cfg) return io_error(out_ + ": cannot write the study's output files");
     csv_ << "round,model_round,scope,n,auc,accuracy,sensitivity,specificity,threshold,loss,train_loss,"
-            "bytes_up,bytes_down,raw_bytes_up,raw_bytes_down,seconds\n";
+            "bytes_up,bytes_down,raw_bytes_up,raw_bytes_down,seconds";
+    // Segmentation studies: mean Dice over structures, then Dice and HD95 per structure.
+    if (config_.segmentation_task()) {
+      csv_ << ",mean_dice";
+      for (const auto& st : seg_structures(config_.segmentation.labels, config_.segmentation.brats_regions))
+        csv_ << ",dice_" << csv_name(st.name);
+      for (const auto& st : seg_structures(config_.segmentation.labels, config_.segmentation.brats_regions))
+        csv_ << ",hd95_" << csv_name(st.name);
+    }
+    csv_ << "\n" << std::flush;  // a coordinator killed before its first round leaves the header
     start_ = std::chrono::steady_clock::now();
     return ok_status();
+  }
+
+  // After a coordinator restart: rows of rounds after `round` (written after the checkpoint the
+  // study resumes from) go, and the byte totals of the kept rounds count again.
+  void resume_after(uint32_t round) {
+    jsonl_.close();
+    csv_.close();
+    auto keep = [&](const std::string& path, bool csv) {
+      std::ifstream in(path);
+      std::string line, kept;
+      bool header = csv;
+      while (std::getline(in, line)) {
+        if (header) {
+          kept += line + "\n";
+          header = false;
+          continue;
+        }
+        uint32_t r = 0;
+        try {
+          if (csv) {
+            r = static_cast<uint32_t>(std::stoul(line.substr(0, line.find(','))));
+          } else {
+            const json j = json::parse(line);
+            r = j.at("round").get<uint32_t>();
+            if (r <= round && j.value("scope", "") == "global") {
+              bytes_up_ += j.value("bytes_up", 0.0);
+              bytes_down_ += j.value("bytes_down", 0.0);
+              raw_up_ += j.value("raw_bytes_up", 0.0);
+              raw_down_ += j.value("raw_bytes_down", 0.0);
+            }
+          }
+        } catch (const std::exception&) {
+          continue;  // a line torn by the kill
+        }
+        if (r <= round) kept += line + "\n";
+      }
+      in.close();
+      Status st = training::write_file_atomic(path, kept);
+      if (!st.ok()) logger("coordinator")->error("resume: {}", st.to_string());
+    };
+    keep(out_ + "/metrics.jsonl", false);
+    keep(out_ + "/metrics.csv", true);
+    jsonl_.open(out_ + "/metrics.jsonl", std::ios::app);
+    csv_.open(out_ + "/metrics.csv", std::ios::app);
+    rounds_seen_ = 0;
   }
 
   void on_round(const fed::RoundLog& log, const fed::Weights& weights) {
     if (status_) status_->on_round(log);
     log_progress(log);
     const int model_round = static_cast<int>(log.round) - 1;  // the model evaluated this round
+    seg_ = &log.global_seg;
     write_row(log.round, model_round, "global", log.global_eval, log.global_eval_loss, 0, log.bytes_up, log.bytes_down,
               log.raw_bytes_up, log.raw_bytes_down, log.seconds, true, log.dp_epsilon, log.dp_delta);
-    for (const auto& s : log.sites)
+    for (const auto& s : log.sites) {
+      seg_ = &s.seg;
       write_row(log.round, model_round, s.site_id, s.eval, s.eval_loss, s.train_loss, s.bytes_up, s.bytes_down,
                 s.raw_bytes_up, s.raw_bytes_down, s.train_seconds, s.ok);
+    }
+    seg_ = nullptr;
     jsonl_.flush();
     csv_.flush();
 
@@ -162,6 +233,12 @@ class StudyRecorder {
         {"raw_bytes_down_per_round", raw_down_ / rounds},
         {"model", "global.pt"},
     };
+    if (config_.segmentation_task()) {
+      summary["task"] = "segmentation";
+      summary["segmentation"] = seg_scores_json(final_.global_seg, config_);
+      for (size_t i = 0; i < final_.sites.size() && i < summary["per_site"].size(); ++i)
+        summary["per_site"][i]["segmentation"] = seg_scores_json(final_.sites[i].seg, config_);
+    }
     if (final_epsilon_ >= 0) summary["privacy"] = {{"epsilon", final_epsilon_}, {"delta", config_.privacy.delta},
                                                    {"client_clip", config_.privacy.client_clip},
                                                    {"client_noise_multiplier", config_.privacy.client_noise_multiplier}};
@@ -169,6 +246,10 @@ class StudyRecorder {
     const auto& g = final_.global_eval;
     std::printf("\nStudy '%s': %d rounds, %zu sites, %.1f s\n", config_.name.c_str(), config_.rounds,
                 config_.sites.size(), wall);
+    if (config_.segmentation_task()) {
+      print_seg_table(wall, rounds);
+      return ok_status();
+    }
     std::printf("%-12s %6s %7s %9s %7s %7s\n", "scope", "n", "AUC", "accuracy", "sens", "spec");
     for (const auto& s : final_.sites)
       std::printf("%-12s %6lld %7.4f %9.4f %7.4f %7.4f\n", s.site_id.c_str(), static_cast<long long>(s.eval.n),
@@ -192,6 +273,18 @@ class StudyRecorder {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     const double eta = eta_seconds(round_seconds_, rounds_seen_, config_.rounds);
     auto l = logger("progress");
+    if (config_.segmentation_task()) {
+      if (log.evaluation_only)
+        l->info("[final evaluation] {}/{} sites reported, mean Dice {:.4f}, elapsed {}", ok, log.sites.size(),
+                log.global_seg.mean_dice_all(), format_duration(elapsed));
+      else
+        l->info("[round {}/{}] {}/{} sites reported, mean Dice {:.4f} (model after round {}), {} up / {} down, "
+                "{:.1f} s; elapsed {}, about {} left",
+                log.round, config_.rounds, ok, log.sites.size(), log.global_seg.mean_dice_all(), log.round - 1,
+                human_bytes(static_cast<double>(log.bytes_up)), human_bytes(static_cast<double>(log.bytes_down)),
+                log.seconds, format_duration(elapsed), format_duration(eta));
+      return;
+    }
     if (log.evaluation_only) {
       l->info("[final evaluation] {}/{} sites reported, AUC {:.4f}, elapsed {}", ok, log.sites.size(),
               log.global_eval.auc, format_duration(elapsed));
@@ -202,6 +295,32 @@ class StudyRecorder {
               human_bytes(static_cast<double>(log.bytes_up)), human_bytes(static_cast<double>(log.bytes_down)),
               log.seconds, format_duration(elapsed), format_duration(eta));
     }
+  }
+
+  static std::string csv_name(std::string name) {
+    for (char& ch : name)
+      if (ch == ' ') ch = '_';
+    return name;
+  }
+
+  // Segmentation studies: mean Dice (and HD95) per structure, per site and pooled.
+  void print_seg_table(double wall, double rounds) {
+    (void)wall;
+    const auto structures = seg_structures(config_.segmentation.labels, config_.segmentation.brats_regions);
+    std::printf("%-12s %6s %9s", "scope", "cases", "mean Dice");
+    for (const auto& st : structures) std::printf(" %9s", ("Dice " + st.name.substr(st.name.find(' ') + 1)).c_str());
+    std::printf("\n");
+    auto row = [&](const std::string& scope, const SegScoreSums& sums) {
+      std::printf("%-12s %6llu %9.4f", scope.c_str(), static_cast<unsigned long long>(sums.cases), sums.mean_dice_all());
+      for (double d : sums.mean_dice()) std::printf(" %9.4f", d);
+      std::printf("\n");
+    };
+    for (const auto& s : final_.sites) row(s.site_id, s.seg);
+    row("global", final_.global_seg);
+    std::printf("bytes per round: up %.1f KB, down %.1f KB (raw fp32: %.1f KB / %.1f KB)\n", bytes_up_ / rounds / 1e3,
+                bytes_down_ / rounds / 1e3, raw_up_ / rounds / 1e3, raw_down_ / rounds / 1e3);
+    std::printf("model: %s/global.pt   metrics: %s/metrics.csv\n", out_.c_str(), out_.c_str());
+    std::fflush(stdout);
   }
 
   void write_row(uint32_t round, int model_round, const std::string& scope, const BinaryMetrics& m, double loss,
@@ -216,15 +335,27 @@ class StudyRecorder {
       j["dp_delta"] = dp_delta;
       final_epsilon_ = dp_epsilon;
     }
+    if (config_.segmentation_task() && seg_ != nullptr) j["segmentation"] = seg_scores_json(*seg_, config_);
     jsonl_ << j.dump() << "\n";
     csv_ << round << "," << model_round << "," << scope << "," << m.n << "," << m.auc << "," << m.accuracy << ","
          << m.sensitivity << "," << m.specificity << "," << m.threshold << "," << loss << "," << train_loss << ","
-         << up << "," << down << "," << raw_up << "," << raw_down << "," << seconds << "\n";
+         << up << "," << down << "," << raw_up << "," << raw_down << "," << seconds;
+    if (config_.segmentation_task()) {
+      const SegScoreSums empty;
+      const SegScoreSums& g = seg_ != nullptr ? *seg_ : empty;
+      const size_t n = seg_structures(config_.segmentation.labels, config_.segmentation.brats_regions).size();
+      const auto d = g.mean_dice();
+      const auto h = g.mean_hd95();
+      csv_ << "," << g.mean_dice_all();
+      for (size_t i = 0; i < n; ++i) csv_ << "," << (i < d.size() ? std::to_string(d[i]) : "");
+      for (size_t i = 0; i < n; ++i) csv_ << "," << (i < h.size() && std::isfinite(h[i]) ? std::to_string(h[i]) : "");
+    }
+    csv_ << "\n";
   }
 
   StudyConfig config_;
   std::string out_;
-  models::Classifier model_;
+  std::shared_ptr<torch::nn::Module> model_;  // the classifier or the U-Net (task: segmentation)
   std::ofstream jsonl_, csv_;
   fed::RoundLog final_;
   double bytes_up_ = 0, bytes_down_ = 0, raw_up_ = 0, raw_down_ = 0;
@@ -233,6 +364,7 @@ class StudyRecorder {
   int rounds_seen_ = 0;
   double round_seconds_ = 0;
   double final_epsilon_ = -1;
+  const SegScoreSums* seg_ = nullptr;  // the segmentation scores of the row being written
 };
 
 fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
@@ -252,23 +384,55 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
   o.zstd_level = config.federation.zstd_level;
   o.upstream_codec = config.federation.upstream_codec;
   o.downstream_codec = config.federation.downstream_codec;
+  o.heartbeat_s = config.federation.heartbeat_s;
+  o.heartbeat_misses = config.federation.heartbeat_misses;
+  o.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  const FederationConfig& f = config.federation;
+  o.strategy.name = f.strategy;
+  o.strategy.server_lr = f.server_lr;
+  o.strategy.server_momentum = f.server_momentum;
+  o.strategy.beta1 = f.server_beta1;
+  o.strategy.beta2 = f.server_beta2;
+  o.strategy.tau = f.server_tau;
+  o.strategy.prox_mu = f.prox_mu;
+  o.strategy.trim_fraction = f.trim_fraction;
+  o.strategy.max_update_norm = f.max_update_norm;
   // The round-1 global model: the config's architecture, initialised from the study seed.
   torch::manual_seed(config.seed);
-  models::Classifier model(training::classifier_options(config));
-  o.initial_weights = training::to_weights(*model);
+  o.initial_weights = training::to_weights(*training::build_model(config));
   return o;
 }
 
-Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir, int status_port) {
+// CurveZMQ keys named by federation.keys_dir; errors name the key and the file.
+StatusOr<fed::CoordinatorKeys> coordinator_keys(const StudyConfig& config) {
+  if (config.federation.keys_dir.empty()) return fed::CoordinatorKeys{};
+  auto keys = fed::load_coordinator_keys(config.federation.keys_dir, config.sites);
+  if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir");
+  return keys;
+}
+
+StatusOr<fed::SiteKeys> site_keys(const StudyConfig& config, const std::string& site_id) {
+  if (config.federation.keys_dir.empty()) return fed::SiteKeys{};
+  auto keys = fed::load_site_keys(config.federation.keys_dir, site_id);
+  if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir");
+  return keys;
+}
+
+Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir, int status_port, bool resume = false) {
   if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites of the study");
+  FEDRAD_ASSIGN_OR_RETURN(fed::CoordinatorKeys keys, coordinator_keys(config));
   std::unique_ptr<StatusServer> status;
   if (status_port > 0) {
     status = std::make_unique<StatusServer>(config.name, config.rounds, config.sites);
     FEDRAD_RETURN_IF_ERROR(status->start(status_port).status());
   }
   StudyRecorder recorder(config, out_dir, status.get());
-  FEDRAD_RETURN_IF_ERROR(recorder.open());
+  FEDRAD_RETURN_IF_ERROR(recorder.open(resume));
   auto options = coordinator_options(config);
+  options.keys = std::move(keys);
+  // Each completed round is checkpointed here; `fedrad coordinator --resume` continues from it.
+  options.state_dir = out_dir + "/state";
+  options.resume = resume;
   // Client-level DP: every site takes part in every round (q = 1), one Gaussian mechanism each.
   fed::dp::RdpAccountant accountant;
   options.on_round_end = [&](const fed::RoundLog& log, const fed::Weights& w) {
@@ -278,6 +442,11 @@ Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir,
     with_dp.dp_epsilon = accountant.spent(config.privacy.delta).epsilon;
     with_dp.dp_delta = config.privacy.delta;
     recorder.on_round(with_dp, w);
+  };
+  options.on_resume = [&](const fed::RoundLog& last, const fed::Weights&) {
+    recorder.resume_after(last.round);
+    if (config.privacy.client_clip > 0 && config.privacy.client_noise_multiplier > 0)
+      for (uint32_t r = 0; r < last.round; ++r) accountant.step(/*q=*/1.0, config.privacy.client_noise_multiplier);
   };
   if (status) status->set_state("running");
   auto result = fed::run_coordinator(options);
@@ -313,9 +482,20 @@ StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::stri
 
 }  // namespace
 
-Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port) {
+Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port, bool resume) {
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
-  return run_coordinator_to(config, out_dir, status_port);
+  return run_coordinator_to(config, out_dir, status_port, resume);
+}
+
+Status write_keys(const std::string& dir, const std::vector<std::string>& sites) {
+  if (sites.empty()) return invalid_argument("keys: no sites (give --config with `sites` or --site)");
+  FEDRAD_ASSIGN_OR_RETURN(auto written, fed::write_study_keys(dir, sites));
+  for (const auto& f : written) std::printf("wrote %s\n", f.c_str());
+  std::printf(
+      "coordinator: %s/coordinator.secret and %s/sites/*.pub; site S: %s/S.secret and %s/coordinator.pub "
+      "(set federation.keys_dir to the folder holding them on each machine)\n",
+      dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str());
+  return ok_status();
 }
 
 Status simulate(const StudyConfig& config_in, const std::string& data_root, const std::string& out_dir,
@@ -324,13 +504,21 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
   if (config.sites.empty()) return invalid_argument(config.source + ": sites: list the sites to simulate");
   for (const auto& s : config.sites) {
     const fs::path dir = fs::path(data_root) / s;
+    const char* listing = config.segmentation_task() ? "cases.csv" : "labels.csv";
     for (const char* split : {"train", "val"})
-      if (!fs::exists(dir / split / "labels.csv"))
-        return not_found((dir / split / "labels.csv").string() + ": site '" + s + "' has no " + split + " split");
+      if (!fs::exists(dir / split / listing))
+        return not_found((dir / split / listing).string() + ": site '" + s + "' has no " + split + " split");
   }
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir + "/logs"));
   FEDRAD_ASSIGN_OR_RETURN(int port, free_port());
   config.federation.address = "tcp://127.0.0.1:" + std::to_string(port);
+  // Encrypted and authenticated by default: keys for the coordinator and each site in OUT/keys.
+  if (config.federation.keys_dir.empty() && !config.federation.plaintext) {
+    const std::string keys_dir = fs::absolute(fs::path(out_dir) / "keys").lexically_normal().string();
+    auto written = fed::write_study_keys(keys_dir, config.sites);
+    if (!written.ok()) return written.status().with_context("simulate: keys");
+    config.federation.keys_dir = keys_dir;
+  }
   // The sites share this machine's cores; the coordinator needs little.
   const int threads = config.train.threads > 0 ? config.train.threads
                                                : std::max(1, cores() / static_cast<int>(config.sites.size()));
@@ -400,20 +588,26 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   const int n = threads > 0 ? threads : config.train.threads;
   training::set_threads(n);
   auto log = logger(site_id);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto train = training::load_image_set(site_dir + "/train", config.data, n);
-  if (!train.ok()) return train.status().with_context("site " + site_id);
-  auto val = training::load_image_set(site_dir + "/val", config.data, n);
-  if (!val.ok()) return val.status().with_context("site " + site_id);
-  log->info("loaded {} train ({} pneumonia) and {} val images in {:.1f} s; {} unreadable, {} unlabelled",
-            train->size(), train->positives(), val->size(),
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-            train->unreadable.size() + val->unreadable.size(),
-            train->index.unlabelled.size() + val->index.unlabelled.size());
   int index = 0;
   for (size_t i = 0; i < config.sites.size(); ++i)
     if (config.sites[i] == site_id) index = static_cast<int>(i) + 1;
-  training::TorchLearner learner(config, std::move(train).value(), std::move(val).value(), index);
+  std::unique_ptr<fed::Learner> learner_ptr;
+  if (config.segmentation_task()) {
+    FEDRAD_ASSIGN_OR_RETURN(learner_ptr, make_seg_learner(config, site_dir, site_id, index, n));
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto train = training::load_image_set(site_dir + "/train", config.data, n);
+    if (!train.ok()) return train.status().with_context("site " + site_id);
+    auto val = training::load_image_set(site_dir + "/val", config.data, n);
+    if (!val.ok()) return val.status().with_context("site " + site_id);
+    log->info("loaded {} train ({} pneumonia) and {} val images in {:.1f} s; {} unreadable, {} unlabelled",
+              train->size(), train->positives(), val->size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+              train->unreadable.size() + val->unreadable.size(),
+              train->index.unlabelled.size() + val->index.unlabelled.size());
+    learner_ptr = std::make_unique<training::TorchLearner>(config, std::move(train).value(), std::move(val).value(), index);
+  }
+  fed::Learner& learner = *learner_ptr;
   fed::SiteOptions o;
   o.coordinator_address = address.empty() ? config.federation.address : address;
   o.site_id = site_id;
@@ -423,6 +617,9 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   o.upstream_codec = config.federation.upstream_codec;
   o.downstream_codec = config.federation.downstream_codec;
   o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  o.heartbeat_s = config.federation.heartbeat_s;
+  o.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  FEDRAD_ASSIGN_OR_RETURN(o.keys, site_keys(config, site_id));
   o.audit_log = !audit_log.empty()
                     ? audit_log
                     : (fs::absolute(fs::path(site_dir)).lexically_normal().parent_path() / ("audit-" + site_id + ".log"))
@@ -452,6 +649,7 @@ Status audit_verify(const std::string& log_path) {
 
 Status train(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
              const std::string& out_dir) {
+  if (config.segmentation_task()) return train_segmentation(config, data_root, sites, out_dir);
   if (sites.empty()) return invalid_argument("train: no sites given (config 'sites' or --site)");
   training::set_threads(config.train.threads);
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
@@ -510,6 +708,7 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
       log->info("epoch {}/{}: loss {:.4f}{}; elapsed {}, about {} left", epoch + 1, epochs, loss, val_text,
                 format_duration(secs), format_duration(eta));
     };
+    options.progress_label = "training";
     const auto t0 = std::chrono::steady_clock::now();
     auto stats = training::fit(model, train_set, options);
     auto pred = training::predict(model, val_set);
@@ -547,6 +746,7 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
 
 StatusOr<json> evaluate(const std::string& model_path, const std::vector<std::string>& data_dirs, double threshold) {
   FEDRAD_ASSIGN_OR_RETURN(auto loaded, training::load_model(model_path));
+  if (loaded.config.segmentation_task()) return evaluate_segmentation(loaded, model_path, data_dirs);
   const double t = threshold >= 0 ? threshold : loaded.meta.threshold;
   std::vector<float> scores;
   std::vector<int> labels;
@@ -572,8 +772,24 @@ StatusOr<json> evaluate(const std::string& model_path, const std::vector<std::st
   return out;
 }
 
-Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out) {
+Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out,
+               const std::string& overlay) {
   FEDRAD_ASSIGN_OR_RETURN(auto loaded, training::load_model(model_path));
+  if (loaded.config.segmentation_task()) {
+    std::string png = overlay;
+    if (png.empty()) {
+      png = csv_out;
+      for (const char* ext : {".nii.gz", ".nii"})
+        if (png.size() > std::strlen(ext) && png.compare(png.size() - std::strlen(ext), std::string::npos, ext) == 0) {
+          png.resize(png.size() - std::strlen(ext));
+          break;
+        }
+      png += ".png";
+    } else if (png == "none") {
+      png.clear();
+    }
+    return predict_segmentation(loaded, inputs, csv_out, png);
+  }
   std::vector<std::string> files;
   for (const auto& in : inputs) {
     std::error_code ec;

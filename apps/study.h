@@ -19,7 +19,13 @@ Status simulate(const StudyConfig& config, const std::string& data_root, const s
                 int status_port = 0);
 
 // The coordinator alone (real deployments): waits for cfg.sites at cfg.federation.address.
-Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port = 0);
+// resume: continue from out_dir/state (the last completed round) after a crash or kill; without
+// it a study starts at round 1 and earlier checkpoints there are removed.
+Status coordinator(const StudyConfig& config, const std::string& out_dir, int status_port = 0, bool resume = false);
+
+// `fedrad keys`: CurveZMQ key pairs for the coordinator and each site in `dir` (federation/keys.h);
+// existing keys are kept.
+Status write_keys(const std::string& dir, const std::vector<std::string>& sites);
 
 // One site: site_dir holds train/ and val/ with labels.csv each. threads: torch and decoding
 // threads (0 = config's train.threads).
@@ -45,8 +51,11 @@ StatusOr<nlohmann::json> evaluate(const std::string& model_path, const std::vect
                                   double threshold = -1);
 
 // Probability per image for DICOM files or folders; CSV (file,probability,prediction) to `csv_out`
-// ("-" = stdout).
-Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out);
+// ("-" = stdout). Segmentation models (task: segmentation): `inputs` are one case's channels in
+// the model's order, `csv_out` the NIfTI mask to write, `overlay` the PNG quick look (default:
+// the mask's name with .png; "none" = no PNG).
+Status predict(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& csv_out,
+               const std::string& overlay = "");
 
 // A report of a labelled folder: counts per label, unreadable and unlabelled files.
 StatusOr<nlohmann::json> index_folder(const std::string& dir);

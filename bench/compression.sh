@@ -82,12 +82,14 @@ bench = json.load(open(f"{out}/codec_bench.json"))
 tl = ["| benchmark | codec | GB/s (of raw fp32) | time (ms) |", "|---|---|---:|---:|"]
 for b in bench["benchmarks"]:
     tl.append(f"| {b['name']} | `{b.get('label', '').replace('|', chr(92) + '|')}` | {b['bytes_per_second'] / 1e9:.3f} | {b['real_time']:.2f} |")
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+sys.path.insert(0, "bench")
+import machine
+m = machine.describe()
+commit = m["commit"]
 section = f"""## Compressed updates (issue 7)
 
-Produced by `bench/compression.sh` on {datetime.date.today()} at commit {commit} (plus the working tree),
-machine: {cpu}, {os.cpu_count()} cores, no GPU (CPU codec path). Study: `configs/pneumonia.yaml` (4 sites,
+Produced by `bench/compression.sh` on {m['date']} at commit {commit}{' (plus the working tree)' if m['dirty'] else ''},
+machine: {m['machine']} (CPU codec path). Study: `configs/pneumonia.yaml` (4 sites,
 20 rounds, FedAvg) with the codec keys added; val AUC pooled over the 4 sites' validation splits.
 Bytes are wire bytes of whole messages (header included); raw = the same messages with the model as
 plain fp32. Upstream is averaged over the 20 training rounds, downstream over the 20 rounds and the final
@@ -107,7 +109,7 @@ same time, so these figures are lower bounds and noisy.
 {chr(10).join(tl)}
 """
 text = open(results).read() if os.path.exists(results) else "# Benchmark results\n"
-pat = re.compile(r"## Compressed updates \(issue 7\)\n.*?(?=\n## |\Z)", re.S)
+pat = re.compile(r"## Compressed updates \(issue 7\)\n.*?(?=\n## |\n<!-- |\Z)", re.S)
 text = pat.sub(lambda m: section.rstrip("\n") + "\n", text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
 open(results, "w").write(text)
 print(section)

@@ -1,6 +1,8 @@
 // DICOM ingest benchmark: decode + preprocess (bilinear to 28x28, per-image min-max to [-1, 1],
 // the training pipeline's CPU path) for every labelled file of the given site folders.
-//   dicom_ingest_bench [--threads N] [--repeat R] DIR...
+//   dicom_ingest_bench [--threads N] [--repeat R] [--files F] DIR...
+// --files F: the first F files of the list, cycling through it when F is larger (ingest time
+// against the number of files; the files are read again, from the page cache).
 // Prints one JSON line: images, bytes, seconds (best of R), images_per_s, mb_per_s, checksum.
 // Built by bench/dicom_ingest.sh (target dicom_ingest_bench, not part of `all`).
 #include <algorithm>
@@ -21,11 +23,13 @@ using namespace fedrad;
 
 int main(int argc, char** argv) {
   int threads = 1, repeat = 3;
+  long limit = 0;
   std::vector<std::string> dirs;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--files" && i + 1 < argc) limit = std::max(1L, std::atol(argv[++i]));
     else dirs.push_back(a);
   }
   std::vector<std::string> files;
@@ -40,6 +44,15 @@ int main(int argc, char** argv) {
       files.push_back(f.path);
       bytes += std::filesystem::file_size(f.path);
     }
+  }
+  if (limit > 0 && !files.empty()) {
+    std::vector<std::string> picked;
+    bytes = 0;
+    for (long i = 0; i < limit; ++i) {
+      picked.push_back(files[static_cast<size_t>(i) % files.size()]);
+      bytes += std::filesystem::file_size(picked.back());
+    }
+    files = std::move(picked);
   }
   constexpr int kOut = 28;
   std::vector<float> out(files.size() * kOut * kOut);

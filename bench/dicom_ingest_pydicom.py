@@ -57,11 +57,17 @@ def preprocess(path):
 
 
 def main():
-    repeat = 1
+    repeat, limit = 1, 0
     args = sys.argv[1:]
-    if args[:1] == ["--repeat"]:
-        repeat, args = int(args[1]), args[2:]
+    while args[:1] in (["--repeat"], ["--files"]):
+        if args[0] == "--repeat":
+            repeat = int(args[1])
+        else:
+            limit = int(args[1])
+        args = args[2:]
     files = [f for site in args for f in files_of(site)]
+    if limit > 0:  # the first `limit` files, cycling through the list (as dicom_ingest_bench --files)
+        files = [files[i % len(files)] for i in range(limit)]
     nbytes = sum(os.path.getsize(f) for f in files)
     best, checksum = 1e30, 0.0
     for _ in range(repeat):

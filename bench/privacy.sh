@@ -43,6 +43,9 @@ done
 
 python3 - "$OUT" "$RESULTS" "$ROUNDS" "$CLIP" $SETTINGS <<'PY'
 import json, sys, pathlib, re
+sys.path.insert(0, "bench")
+import machine
+m = machine.describe()
 out, results, rounds, clip, settings = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 rows = []
 for s in settings:
@@ -56,7 +59,8 @@ for s in settings:
 secagg = (out / "secagg.md").read_text().strip()
 section = f"""## Privacy (issue 8)
 
-`bench/privacy.sh` (ROUNDS={rounds}, CLIP={clip}). 2 shared cores, other builds running: timings are indicative.
+`bench/privacy.sh` (ROUNDS={rounds}, CLIP={clip}) on {m['date']}, commit `{m['commit']}`{' + uncommitted working tree' if m['dirty'] else ''}, {m['machine']}.
+Shared cores, other builds running: timings are indicative.
 
 ### Secure aggregation cost (federation/secagg.h, in-process parties)
 
@@ -92,7 +96,7 @@ many more sites (noise on the average falls as 1/K) or sample-level DP-SGD at ea
 (privacy.dp_sgd, which protects one patient rather than one hospital).
 """
 text = results.read_text()
-text = re.sub(r"\n## Privacy \(issue 8\)\n.*?(?=\n## |\Z)", "\n", text, flags=re.S).rstrip() + "\n\n" + section
+text = re.sub(r"\n## Privacy \(issue 8\)\n.*?(?=\n## |\n<!-- |\Z)", "\n", text, flags=re.S).rstrip() + "\n\n" + section
 results.write_text(text)
 print(section)
 PY

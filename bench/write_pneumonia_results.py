@@ -24,12 +24,14 @@ def main():
         summary_path = f"{out}/{name}/summary.json"
         summary = load(summary_path)
         rows[name] = {"eval": ev, "wall_seconds": wall, "summary": summary}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine  # bench/machine.py: lscpu model, cores, memory, date, commit
+    m = machine.describe()
+    commit = m["commit"] + (" + uncommitted working tree" if m["dirty"] else "")
     meta = {
-        "date": datetime.date.today().isoformat(),
+        "date": m["date"],
         "commit": commit,
-        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
+        "machine": m["machine"],
         "config": config,
     }
     with open(f"{results}/results.json", "w") as f:

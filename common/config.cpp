@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -66,6 +67,8 @@ class MapReader {
   static const char* type_name(bool*) { return "true or false"; }
   static const char* type_name(std::string*) { return "a string"; }
   static const char* type_name(std::vector<std::string>*) { return "a list of strings"; }
+  static const char* type_name(std::vector<int>*) { return "a list of integers"; }
+  static const char* type_name(std::vector<double>*) { return "a list of numbers"; }
 
   YAML::Node node_;
   std::string path_;
@@ -117,11 +120,68 @@ std::string codec_problem(const std::string& codec) {
   return "";
 }
 
+Status validate_segmentation(const StudyConfig& c) {
+  const SegmentationConfig& g = c.segmentation;
+  FEDRAD_RETURN_IF_ERROR(check(!g.channels.empty() && g.channels.size() <= 16, c, "segmentation.channels",
+                               "must name 1 to 16 cases.csv columns"));
+  std::set<std::string> names;
+  for (const auto& ch : g.channels) {
+    FEDRAD_RETURN_IF_ERROR(check(!ch.empty() && ch != "case" && ch != "mask", c, "segmentation.channels",
+                                 "a channel must be a column name other than 'case' and 'mask', got '" + ch + "'"));
+    FEDRAD_RETURN_IF_ERROR(check(names.insert(ch).second, c, "segmentation.channels", "'" + ch + "' is listed twice"));
+  }
+  FEDRAD_RETURN_IF_ERROR(check(!g.labels.empty() && g.labels.size() <= 32, c, "segmentation.labels",
+                               "must list 1 to 32 mask values (background 0 is implied)"));
+  std::set<int> labels;
+  for (int v : g.labels) {
+    FEDRAD_RETURN_IF_ERROR(check(v >= 1 && v <= 255, c, "segmentation.labels",
+                                 "each label must be a mask value in 1..255, got " + std::to_string(v)));
+    FEDRAD_RETURN_IF_ERROR(check(labels.insert(v).second, c, "segmentation.labels",
+                                 std::to_string(v) + " is listed twice"));
+  }
+  FEDRAD_RETURN_IF_ERROR(check(g.patch_size.size() == 3, c, "segmentation.patch_size", "must be [x, y, z] voxels"));
+  const int multiple = 1 << std::max(0, c.model.stages - 1);
+  for (int i = 0; i < 3; ++i) {
+    const int p = g.patch_size[i];
+    if (i == 2 && c.model.arch == "unet2d") {
+      FEDRAD_RETURN_IF_ERROR(check(p == 1, c, "segmentation.patch_size", "z must be 1 for model.arch: unet2d"));
+      continue;
+    }
+    FEDRAD_RETURN_IF_ERROR(check(p >= multiple && p <= 1024 && p % multiple == 0, c, "segmentation.patch_size",
+                                 "each size must be a multiple of 2^(model.stages-1) = " + std::to_string(multiple) +
+                                     " in " + std::to_string(multiple) + "..1024, got " + std::to_string(p)));
+  }
+  FEDRAD_RETURN_IF_ERROR(check(g.spacing.empty() || g.spacing.size() == 3, c, "segmentation.spacing",
+                               "must be [] (as stored) or [x, y, z] in mm"));
+  for (double s : g.spacing)
+    FEDRAD_RETURN_IF_ERROR(check(s > 0 && s <= 100, c, "segmentation.spacing", "each spacing must be in (0, 100] mm"));
+  FEDRAD_RETURN_IF_ERROR(check(g.overlap >= 0 && g.overlap < 1, c, "segmentation.overlap", "must be in [0, 1)"));
+  FEDRAD_RETURN_IF_ERROR(check(one_of(g.blend, {"gaussian", "constant"}), c, "segmentation.blend",
+                               "must be gaussian or constant"));
+  FEDRAD_RETURN_IF_ERROR(check(g.foreground_fraction >= 0 && g.foreground_fraction <= 1, c,
+                               "segmentation.foreground_fraction", "must be in [0, 1]"));
+  FEDRAD_RETURN_IF_ERROR(check(g.patches_per_case >= 1 && g.patches_per_case <= 10000, c,
+                               "segmentation.patches_per_case", "must be in 1..10000"));
+  const bool brats = labels.count(1) && labels.count(2) && (labels.count(3) || labels.count(4));
+  FEDRAD_RETURN_IF_ERROR(check(!g.brats_regions || brats, c, "segmentation.brats_regions",
+                               "needs segmentation.labels to hold 1, 2 and 4 (or 3), the BraTS convention"));
+  return ok_status();
+}
+
 }  // namespace
 
 Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.rounds >= 1, c, "rounds", "must be at least 1"));
-  FEDRAD_RETURN_IF_ERROR(check(c.model.arch == "resnet", c, "model.arch", "must be 'resnet'"));
+  FEDRAD_RETURN_IF_ERROR(check(one_of(c.task, {"classification", "segmentation"}), c, "task",
+                               "must be classification or segmentation"));
+  if (c.segmentation_task()) {
+    FEDRAD_RETURN_IF_ERROR(check(one_of(c.model.arch, {"unet2d", "unet3d"}), c, "model.arch",
+                                 "must be unet2d or unet3d for task: segmentation"));
+    FEDRAD_RETURN_IF_ERROR(validate_segmentation(c));
+  } else {
+    FEDRAD_RETURN_IF_ERROR(check(c.model.arch == "resnet", c, "model.arch",
+                                 "must be 'resnet' for task: classification (unet2d/unet3d need task: segmentation)"));
+  }
   FEDRAD_RETURN_IF_ERROR(check(c.model.width >= 1 && c.model.width <= 512, c, "model.width", "must be in 1..512"));
   FEDRAD_RETURN_IF_ERROR(check(c.model.stages >= 1 && c.model.stages <= 6, c, "model.stages", "must be in 1..6"));
   FEDRAD_RETURN_IF_ERROR(check(one_of(c.model.norm, {"batch", "group", "instance"}), c, "model.norm",
@@ -143,7 +203,22 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.train.threads >= 0, c, "train.threads", "must be >= 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.device == "cpu" || c.train.device.rfind("cuda", 0) == 0, c, "train.device",
                                "must be cpu, cuda or cuda:N"));
-  FEDRAD_RETURN_IF_ERROR(check(c.federation.strategy == "fedavg", c, "federation.strategy", "must be 'fedavg'"));
+  const FederationConfig& fc = c.federation;
+  FEDRAD_RETURN_IF_ERROR(check(one_of(fc.strategy, {"fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "fedyogi",
+                                                    "fedadagrad", "median", "trimmed_mean"}),
+                               c, "federation.strategy",
+                               "must be one of fedavg, fedprox, fedbn, fedavgm, fedadam, fedyogi, fedadagrad, median, "
+                               "trimmed_mean"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.server_lr > 0, c, "federation.server_lr", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.server_momentum >= 0 && fc.server_momentum < 1, c, "federation.server_momentum",
+                               "must be in [0, 1)"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.server_beta1 >= 0 && fc.server_beta1 < 1, c, "federation.server_beta1", "must be in [0, 1)"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.server_beta2 >= 0 && fc.server_beta2 < 1, c, "federation.server_beta2", "must be in [0, 1)"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.server_tau > 0, c, "federation.server_tau", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.prox_mu > 0, c, "federation.prox_mu", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.trim_fraction >= 0 && fc.trim_fraction < 0.5, c, "federation.trim_fraction",
+                               "must be in [0, 0.5)"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.max_update_norm >= 0, c, "federation.max_update_norm", "must be >= 0 (0 = off)"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.address.find("://") != std::string::npos, c, "federation.address",
                                "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.min_sites >= 0, c, "federation.min_sites", "must be >= 0"));
@@ -151,6 +226,13 @@ Status validate(const StudyConfig& c) {
                                "federation.min_sites", "must not exceed the number of sites"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.join_timeout_s > 0, c, "federation.join_timeout_s", "must be > 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.round_timeout_s > 0, c, "federation.round_timeout_s", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(c.federation.heartbeat_s > 0, c, "federation.heartbeat_s", "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(c.federation.heartbeat_misses >= 1, c, "federation.heartbeat_misses", "must be >= 1"));
+  FEDRAD_RETURN_IF_ERROR(check(c.federation.chunk_mb >= 1 && c.federation.chunk_mb <= 1024, c, "federation.chunk_mb",
+                               "must be in 1..1024"));
+  FEDRAD_RETURN_IF_ERROR(check(c.federation.keys_dir.empty() || std::filesystem::is_directory(c.federation.keys_dir), c,
+                               "federation.keys_dir",
+                               "folder '" + c.federation.keys_dir + "' does not exist (create it with `fedrad keys`)"));
   FEDRAD_RETURN_IF_ERROR(check(one_of(c.federation.compression, {"none", "zstd"}), c, "federation.compression",
                                "must be none or zstd"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.zstd_level >= 1 && c.federation.zstd_level <= 19, c,
@@ -196,6 +278,7 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
   {
     MapReader r(root, "", source, &err);
     r.get("name", &c.name);
+    r.get("task", &c.task);
     r.get("seed", &c.seed);
     r.get("rounds", &c.rounds);
     r.get("sites", &c.sites);
@@ -233,6 +316,14 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
     {
       MapReader f(r.child("federation"), "federation", source, &err);
       f.get("strategy", &c.federation.strategy);
+      f.get("server_lr", &c.federation.server_lr);
+      f.get("server_momentum", &c.federation.server_momentum);
+      f.get("server_beta1", &c.federation.server_beta1);
+      f.get("server_beta2", &c.federation.server_beta2);
+      f.get("server_tau", &c.federation.server_tau);
+      f.get("prox_mu", &c.federation.prox_mu);
+      f.get("trim_fraction", &c.federation.trim_fraction);
+      f.get("max_update_norm", &c.federation.max_update_norm);
       f.get("address", &c.federation.address);
       f.get("min_sites", &c.federation.min_sites);
       f.get("join_timeout_s", &c.federation.join_timeout_s);
@@ -241,6 +332,11 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       f.get("zstd_level", &c.federation.zstd_level);
       f.get("upstream_codec", &c.federation.upstream_codec);
       f.get("downstream_codec", &c.federation.downstream_codec);
+      f.get("keys_dir", &c.federation.keys_dir);
+      f.get("plaintext", &c.federation.plaintext);
+      f.get("heartbeat_s", &c.federation.heartbeat_s);
+      f.get("heartbeat_misses", &c.federation.heartbeat_misses);
+      f.get("chunk_mb", &c.federation.chunk_mb);
       f.finish();
     }
     {
@@ -253,6 +349,19 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       p.get("delta", &c.privacy.delta);
       p.get("secure_aggregation", &c.privacy.secure_aggregation);
       p.finish();
+    }
+    {
+      MapReader g(r.child("segmentation"), "segmentation", source, &err);
+      g.get("channels", &c.segmentation.channels);
+      g.get("labels", &c.segmentation.labels);
+      g.get("patch_size", &c.segmentation.patch_size);
+      g.get("spacing", &c.segmentation.spacing);
+      g.get("overlap", &c.segmentation.overlap);
+      g.get("blend", &c.segmentation.blend);
+      g.get("foreground_fraction", &c.segmentation.foreground_fraction);
+      g.get("patches_per_case", &c.segmentation.patches_per_case);
+      g.get("brats_regions", &c.segmentation.brats_regions);
+      g.finish();
     }
     r.finish();
   }
@@ -273,6 +382,7 @@ std::string to_yaml(const StudyConfig& c) {
   YAML::Emitter e;
   e << YAML::BeginMap;
   e << YAML::Key << "name" << YAML::Value << c.name;
+  e << YAML::Key << "task" << YAML::Value << c.task;
   e << YAML::Key << "seed" << YAML::Value << c.seed;
   e << YAML::Key << "rounds" << YAML::Value << c.rounds;
   e << YAML::Key << "sites" << YAML::Value << YAML::Flow << c.sites;
@@ -303,6 +413,14 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::EndMap;
   e << YAML::Key << "federation" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "strategy" << YAML::Value << c.federation.strategy;
+  e << YAML::Key << "server_lr" << YAML::Value << c.federation.server_lr;
+  e << YAML::Key << "server_momentum" << YAML::Value << c.federation.server_momentum;
+  e << YAML::Key << "server_beta1" << YAML::Value << c.federation.server_beta1;
+  e << YAML::Key << "server_beta2" << YAML::Value << c.federation.server_beta2;
+  e << YAML::Key << "server_tau" << YAML::Value << c.federation.server_tau;
+  e << YAML::Key << "prox_mu" << YAML::Value << c.federation.prox_mu;
+  e << YAML::Key << "trim_fraction" << YAML::Value << c.federation.trim_fraction;
+  e << YAML::Key << "max_update_norm" << YAML::Value << c.federation.max_update_norm;
   e << YAML::Key << "address" << YAML::Value << c.federation.address;
   e << YAML::Key << "min_sites" << YAML::Value << c.federation.min_sites;
   e << YAML::Key << "join_timeout_s" << YAML::Value << c.federation.join_timeout_s;
@@ -311,6 +429,11 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "zstd_level" << YAML::Value << c.federation.zstd_level;
   e << YAML::Key << "upstream_codec" << YAML::Value << c.federation.upstream_codec;
   e << YAML::Key << "downstream_codec" << YAML::Value << c.federation.downstream_codec;
+  e << YAML::Key << "keys_dir" << YAML::Value << c.federation.keys_dir;
+  e << YAML::Key << "plaintext" << YAML::Value << c.federation.plaintext;
+  e << YAML::Key << "heartbeat_s" << YAML::Value << c.federation.heartbeat_s;
+  e << YAML::Key << "heartbeat_misses" << YAML::Value << c.federation.heartbeat_misses;
+  e << YAML::Key << "chunk_mb" << YAML::Value << c.federation.chunk_mb;
   e << YAML::EndMap;
   e << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "client_clip" << YAML::Value << c.privacy.client_clip;
@@ -321,6 +444,20 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "delta" << YAML::Value << c.privacy.delta;
   e << YAML::Key << "secure_aggregation" << YAML::Value << c.privacy.secure_aggregation;
   e << YAML::EndMap;
+  if (c.segmentation_task()) {
+    const SegmentationConfig& g = c.segmentation;
+    e << YAML::Key << "segmentation" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "channels" << YAML::Value << YAML::Flow << g.channels;
+    e << YAML::Key << "labels" << YAML::Value << YAML::Flow << g.labels;
+    e << YAML::Key << "patch_size" << YAML::Value << YAML::Flow << g.patch_size;
+    e << YAML::Key << "spacing" << YAML::Value << YAML::Flow << g.spacing;
+    e << YAML::Key << "overlap" << YAML::Value << g.overlap;
+    e << YAML::Key << "blend" << YAML::Value << g.blend;
+    e << YAML::Key << "foreground_fraction" << YAML::Value << g.foreground_fraction;
+    e << YAML::Key << "patches_per_case" << YAML::Value << g.patches_per_case;
+    e << YAML::Key << "brats_regions" << YAML::Value << g.brats_regions;
+    e << YAML::EndMap;
+  }
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

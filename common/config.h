@@ -11,9 +11,11 @@
 namespace fedrad {
 
 struct ModelConfig {
-  std::string arch = "resnet";  // compact ResNet-style classifier (models/classifier.h)
-  int width = 16;               // channels of the first stage; doubled at each later stage
-  int stages = 3;               // residual stages (each halves the resolution after the first)
+  // resnet: compact ResNet-style classifier (models/classifier.h), task classification;
+  // unet2d | unet3d: U-Net (models/unet.h), task segmentation.
+  std::string arch = "resnet";
+  int width = 16;               // channels of the first stage (U-Net: first level); doubled at each later one
+  int stages = 3;               // residual stages (each halves the resolution after the first); U-Net: depth
   std::string norm = "batch";   // batch | group | instance
   double dropout = 0.0;         // before the final linear layer
 };
@@ -42,7 +44,17 @@ struct TrainConfig {
 };
 
 struct FederationConfig {
+  // fedavg | fedprox | fedbn | fedavgm | fedadam | fedyogi | fedadagrad | median | trimmed_mean
+  // (federation/federation.h StrategyConfig says what each does and which keys below it reads).
   std::string strategy = "fedavg";
+  double server_lr = 1.0;         // fedavgm, fedadam, fedyogi, fedadagrad
+  double server_momentum = 0.9;   // fedavgm
+  double server_beta1 = 0.9;      // fedadam, fedyogi, fedadagrad
+  double server_beta2 = 0.99;     // fedadam, fedyogi
+  double server_tau = 1e-3;       // fedadam, fedyogi, fedadagrad: adaptivity
+  double prox_mu = 0.01;          // fedprox: proximal term at the sites
+  double trim_fraction = 0.2;     // trimmed_mean: cut at each end per coordinate
+  double max_update_norm = 0;     // any strategy: bound on a site's update norm; 0 = off
   std::string address = "tcp://127.0.0.1:5555";  // coordinator's bind/connect address
   int min_sites = 0;             // updates needed to close a round; 0 = every site in `sites`
   double join_timeout_s = 300;   // how long the coordinator waits for sites to join
@@ -54,6 +66,15 @@ struct FederationConfig {
   // e.g. "delta|ef|topk:0.01|q8|zstd". "zstd" (default) and "none" send lossless plain weights.
   std::string upstream_codec = "zstd";    // site -> coordinator
   std::string downstream_codec = "zstd";  // coordinator -> site
+  // CurveZMQ keys (federation/keys.h; `fedrad keys` writes them): the coordinator reads
+  // coordinator.secret and sites/<site>.pub (its allow-list), a site reads <site>.secret and
+  // coordinator.pub. "" = none: `fedrad coordinator` and `fedrad site` then refuse to start
+  // unless `plaintext: true` (inside a VPN); `fedrad simulate` creates keys in OUT/keys.
+  std::string keys_dir;
+  bool plaintext = false;
+  double heartbeat_s = 5;        // sites send a heartbeat this often, also while training
+  int heartbeat_misses = 6;      // a site silent for this many heartbeats is dropped from the round
+  int chunk_mb = 64;             // larger messages travel in chunks of this many MiB
 };
 
 // Privacy (federation/dp.h, training/dp_sgd.h). Off by default. Client-level DP clips each site's
@@ -71,8 +92,23 @@ struct PrivacyConfig {
   bool secure_aggregation = false;     // federation/secagg.h; not yet carried by the live protocol
 };
 
+// Segmentation studies (task: segmentation; training/segmentation.h). A site's split holds a
+// cases.csv: `case`, one column per input channel (named in `channels`) and `mask`.
+struct SegmentationConfig {
+  std::vector<std::string> channels = {"image"};  // cases.csv columns, in the model's input order
+  std::vector<int> labels = {1};                  // mask values of the classes (0 = background)
+  std::vector<int> patch_size = {32, 32, 32};     // training patch and inference window, x y z voxels (unet2d: z = 1)
+  std::vector<double> spacing;                    // resample every case to this x y z spacing (mm); [] = as stored
+  double overlap = 0.5;                           // sliding-window overlap in [0, 1)
+  std::string blend = "gaussian";                 // gaussian | constant: weights of overlapping windows
+  double foreground_fraction = 0.67;              // share of training patches centred on a labelled voxel
+  int patches_per_case = 4;                       // training patches per case per epoch
+  bool brats_regions = false;                     // also score WT/TC/ET (labels 1, 2 and 4 or 3)
+};
+
 struct StudyConfig {
   std::string name = "study";
+  std::string task = "classification";  // classification | segmentation
   uint64_t seed = 42;
   int rounds = 10;
   std::vector<std::string> sites;  // site folder names under the data root
@@ -81,9 +117,11 @@ struct StudyConfig {
   TrainConfig train;
   FederationConfig federation;
   PrivacyConfig privacy;
+  SegmentationConfig segmentation;  // task: segmentation only
 
   std::string source;  // where it was loaded from, for error messages; not a YAML key
 
+  bool segmentation_task() const { return task == "segmentation"; }
   int baseline_epochs() const { return train.epochs > 0 ? train.epochs : rounds * train.local_epochs; }
 };
 

@@ -71,7 +71,8 @@ Status EgressGuard::admit(const wire::Message& m, const Weights* reference) cons
   return std::visit(
       [&](const auto& body) -> Status {
         using T = std::decay_t<decltype(body)>;
-        if constexpr (std::is_same_v<T, wire::Join> || std::is_same_v<T, wire::EvalRes>) {
+        if constexpr (std::is_same_v<T, wire::Join> || std::is_same_v<T, wire::EvalRes> ||
+                      std::is_same_v<T, wire::Heartbeat>) {
           return ok_status();  // numbers only
         } else if constexpr (std::is_same_v<T, wire::FitRes>) {
           if (!body.weights.empty() && body.update.present()) return refuse(m, "both weights and an update");

@@ -2,13 +2,14 @@
 // and handed to the socket (federation/site.cpp calls nothing else to send).
 //
 // What may leave is decided by a whitelist, not by looking for PHI: only the message types a site
-// sends in the protocol (JOIN, FIT_RES, EVAL_RES), whose bodies are numbers (counts, losses,
+// sends in the protocol (JOIN, HEARTBEAT, FIT_RES, EVAL_RES), whose bodies are numbers (counts, losses,
 // histograms, status codes, float weights or an encoded update's bytes). The only strings on the
 // wire are the header's study and sender, which must equal the ids the guard was configured with
 // and match kSafeIdPattern, tensor names, which must equal those of the model the site received
 // from the coordinator, and an update's codec, which must be the configured codec text. So free
 // text from DICOM headers (names, IDs, dates, institution, descriptions) or from error messages
-// has no field to travel in: a failure crosses the network as a StatusCode only.
+// has no field to travel in: a failure crosses the network as a StatusCode only. A message larger
+// than the chunk size leaves as CHUNK pieces of the bytes seal() produced, nothing else.
 //
 // Not thread-safe; one per site runner.
 #pragma once

@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "common/metrics.h"
+#include "common/seg_metrics.h"
 #include "common/status.h"
+#include "federation/keys.h"
 
 namespace fedrad::fed {
 
@@ -44,6 +46,9 @@ struct RoundSettings {
   uint32_t batch_size = 64;
   double lr = 0.001;
   uint64_t seed = 0;        // per round and site: the site mixes in its own index
+  // Set by the strategy (StrategyConfig), carried to the sites so that they follow it:
+  double prox_mu = 0;       // FedProx: local loss + prox_mu/2 * ||w - w_global||^2; 0 = off
+  bool keep_local_norm = false;  // FedBN: normalisation layers stay local (the site's own copy)
 };
 
 // A site's evaluation of a model on its validation split.
@@ -51,6 +56,9 @@ struct EvalReport {
   uint64_t num_examples = 0;
   double loss = 0;
   ScoreHistogram histogram;  // pooled across sites at the coordinator for global metrics
+  // Segmentation studies: Dice/HD95 sums per structure over the site's validation cases (numbers
+  // only; empty for classification). Pooled across sites like the histogram.
+  SegScoreSums seg;
 };
 
 struct FitReport {
@@ -80,19 +88,53 @@ struct SiteResult {
   EvalReport eval_before;    // evaluation of the global model the site received this round
 };
 
-// Aggregation, apart from the loop (after Flower). Plain functions; no I/O.
+// Aggregation, apart from the loop (after Flower). Plain functions of the updates; no I/O.
+//
+// Streaming: per round the coordinator calls begin_round once, accumulate once per site reply as
+// it arrives (failures included, as data), then finish_round. Strategies whose streaming() is
+// true keep only running sums, so the coordinator's memory does not grow with the number of
+// sites; the robust ones (median, trimmed mean) must keep every update and say so.
+// An update that is not finite or does not match the global model's names and shapes is refused
+// (logged with the site id by the strategy's caller through `refused`), never averaged in.
 class Strategy {
  public:
   virtual ~Strategy() = default;
   virtual std::string name() const = 0;
-  // New global weights from the current ones and the round's results (failures included).
-  virtual StatusOr<Weights> aggregate(uint32_t round, const Weights& global,
-                                      const std::vector<SiteResult>& results) = 0;
+  virtual bool streaming() const { return false; }
+  virtual Status begin_round(uint32_t round, const Weights& global) = 0;
+  // Takes the result; returns a non-ok Status (naming the site and why) when the update was
+  // refused. The round goes on without it.
+  virtual Status accumulate(SiteResult result) = 0;
+  // The new global model; fails when no usable update came in (the caller keeps the old model).
+  virtual StatusOr<Weights> finish_round() = 0;
+  // What the sites must do this round (FedProx's mu, FedBN), merged into RoundSettings.
+  virtual void configure_round(RoundSettings* settings) const { (void)settings; }
+  // Server state across rounds (optimiser moments, momentum), for the coordinator's checkpoint.
+  // Empty for stateless strategies; restore_state gets what state() returned.
+  virtual Weights state() const { return {}; }
+  virtual Status restore_state(const Weights& state) { (void)state; return ok_status(); }
+
+  // begin_round + accumulate each + finish_round (refusals are skipped).
+  StatusOr<Weights> aggregate(uint32_t round, const Weights& global, const std::vector<SiteResult>& results);
+};
+
+struct StrategyConfig {
+  // fedavg | fedavgm | fedprox | fedadam | fedyogi | fedadagrad | fedbn | median | trimmed_mean
+  std::string name = "fedavg";
+  double server_lr = 1.0;        // fedavgm (with server_momentum); fedadam/yogi/adagrad: eta
+  double server_momentum = 0.9;  // fedavgm
+  double beta1 = 0.9, beta2 = 0.99, tau = 1e-3;  // fedadam / fedyogi / fedadagrad (Reddi et al.)
+  double prox_mu = 0.01;         // fedprox
+  double trim_fraction = 0.2;    // trimmed_mean: fraction cut at each end per coordinate
+  // Update-norm bounding for any strategy: a site's update (its weights - global) with an L2
+  // norm above this is scaled down to it; 0 = off.
+  double max_update_norm = 0;
 };
 
 // Sample-weighted FedAvg (McMahan et al. 2017): sum_k n_k w_k / sum_k n_k over successful sites.
 std::unique_ptr<Strategy> make_fedavg();
 StatusOr<std::unique_ptr<Strategy>> make_strategy(const std::string& name);
+StatusOr<std::unique_ptr<Strategy>> make_strategy(const StrategyConfig& config);
 
 // The arithmetic of FedAvg, exposed for tests and other strategies.
 StatusOr<Weights> weighted_average(const std::vector<const Weights*>& models,
@@ -115,6 +157,7 @@ struct SiteRoundLog {
   uint64_t raw_bytes_up = 0;
   BinaryMetrics eval;       // of the global model the site received, at the global threshold
   double eval_loss = 0;
+  SegScoreSums seg;         // segmentation studies: the site's Dice/HD95 sums (empty otherwise)
 };
 
 struct RoundLog {
@@ -126,6 +169,7 @@ struct RoundLog {
   BinaryMetrics global_eval;
   double global_eval_loss = 0;
   ScoreHistogram pooled_histogram;  // the pooled validation scores behind global_eval (ROC curves)
+  SegScoreSums global_seg;          // segmentation studies: the sites' Dice/HD95 sums pooled (mean over cases)
   double seconds = 0;
   uint64_t bytes_down = 0, bytes_up = 0, raw_bytes_down = 0, raw_bytes_up = 0;
   // Differential privacy spent so far (client-level, RDP accountant of federation/dp.h) at
@@ -146,12 +190,37 @@ struct CoordinatorOptions {
   Compression compression = Compression::kZstd;
   int zstd_level = 3;
   size_t max_message_bytes = 2ull << 30;  // larger messages are refused
+  // Messages larger than this travel as CHUNK messages of at most this many bytes (wire.h), so
+  // that no ZeroMQ frame is larger; libzmq refuses frames above it.
+  size_t chunk_bytes = size_t{64} << 20;
+  // CurveZMQ (federation/keys.h). When keys.enabled(), every connection is encrypted, a site is
+  // admitted only with a public key on keys.sites, and that key fixes the site id it may use.
+  // Without keys the traffic is plain (tests; a study inside a VPN) and a warning is logged.
+  CoordinatorKeys keys;
+  // Liveness: sites send HEARTBEAT every heartbeat_s while they work; a site the coordinator
+  // waits for that says nothing for heartbeat_misses x heartbeat_s is taken for dead and the
+  // round goes on without it (it may rejoin later).
+  double heartbeat_s = 5;
+  int heartbeat_misses = 6;
+  // Durability (federation/checkpoint.h): when set, each completed round is written atomically
+  // to state_dir/round-NNN.ckpt (global model, strategy state, round log) before on_round_end.
+  // resume: continue from the newest checkpoint there (the sites rejoin and get the full model);
+  // without it, existing checkpoints are removed and the study starts at round 1.
+  std::string state_dir;
+  bool resume = false;
+  // Called once on resume, before the sites join, with the log of the last completed round and
+  // the global model after it (the app trims its metrics files to that round here).
+  std::function<void(const RoundLog&, const Weights&)> on_resume;
+  // Called for every message or connection the coordinator refuses, with the peer (site id or
+  // address, printable) and the reason; also logged. For tests and monitoring.
+  std::function<void(const std::string& peer, const std::string& reason)> on_refused;
   // Update codecs (federation/codec.h), e.g. "delta|ef|topk:0.01|q8|zstd". Upstream: what the
   // coordinator expects (it decodes any codec it knows; sites choose theirs in SiteOptions).
   // Downstream: how global models go to the sites, as a delta against the copy each site holds
   // (a site without one gets the full model). "zstd" (lossless plain weights) keeps the old bytes.
   std::string upstream_codec = "zstd";
   std::string downstream_codec = "zstd";
+  StrategyConfig strategy;          // aggregation (make_strategy)
   Weights initial_weights;          // the round-1 global model (the app builds it from the config)
   // Called after each round's aggregation with the log and the new global weights (the app saves
   // the model and metrics here); the last call has evaluation_only = true and the final weights.
@@ -170,6 +239,10 @@ struct SiteOptions {
   Compression compression = Compression::kZstd;
   int zstd_level = 3;
   size_t max_message_bytes = 2ull << 30;
+  size_t chunk_bytes = size_t{64} << 20;  // as CoordinatorOptions::chunk_bytes
+  // CurveZMQ: this site's key pair and the only coordinator key it talks to (federation/keys.h).
+  SiteKeys keys;
+  double heartbeat_s = 5;  // HEARTBEAT to the coordinator this often, also while training
   // Codec of this site's updates (federation/codec.h); its error-feedback residual is kept across
   // rounds. downstream_codec is the one this site expects from the coordinator: a site decodes any
   // codec it knows, and the field only serves to check the configuration at start.

@@ -1,7 +1,17 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
 #include <exception>
 #include <functional>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include "common/log.h"
 #include "federation/codec.h"
@@ -66,48 +76,190 @@ class SiteRunner {
   }
 
  private:
+  // The socket is shared by this thread and the heartbeat thread; every use holds socket_mu_
+  // (ZeroMQ sockets may change threads behind a full memory barrier, which the mutex gives).
   Status serve() {
+    if (opt_.keys.enabled()) FEDRAD_RETURN_IF_ERROR(require_curve());
     socket_ = zmq::socket_t(ctx_, zmq::socket_type::dealer);
-    detail::configure_socket(socket_, opt_.max_message_bytes);
-    // The coordinator's ROUTER addresses us by this id, and a reconnect keeps it.
-    socket_.set(zmq::sockopt::routing_id, opt_.site_id);
+    detail::configure_socket(socket_, opt_.max_message_bytes, opt_.chunk_bytes);
+    if (opt_.keys.enabled()) {
+      detail::make_curve_client(socket_, opt_.keys);
+      // Handshake outcomes (a refused key, a wrong coordinator key) come as monitor events.
+      monitor_address_ = "inproc://site-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+      if (zmq_socket_monitor(socket_.handle(), monitor_address_.c_str(),
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                 ZMQ_EVENT_DISCONNECTED) != 0)
+        return io_error("site '" + opt_.site_id + "': cannot monitor its socket");
+      monitor_ = zmq::socket_t(ctx_, zmq::socket_type::pair);
+      monitor_.set(zmq::sockopt::linger, 0);
+      monitor_.connect(monitor_address_);
+    } else {
+      log_->warn("talking to the coordinator WITHOUT encryption or authentication (no keys)");
+    }
     try {
       socket_.connect(opt_.coordinator_address);
     } catch (const zmq::error_t& e) {
       return io_error("site '" + opt_.site_id + "' cannot connect to " + opt_.coordinator_address + ": " +
                       e.what());
     }
-    FEDRAD_RETURN_IF_ERROR(send(0, wire::Join{learner_.num_train_examples(), learner_.num_val_examples()}));
-    log_->info("joining study '{}' at {}", opt_.study, opt_.coordinator_address);
+    FEDRAD_RETURN_IF_ERROR(send_join());
+    log_->info("joining study '{}' at {}{}", opt_.study, opt_.coordinator_address,
+               opt_.keys.enabled() ? " (CurveZMQ)" : "");
+    heartbeat_ = std::thread([this] { heartbeat_loop(); });
+    struct StopHeartbeat {  // also when serve_loop throws
+      SiteRunner* r;
+      ~StopHeartbeat() {
+        {
+          std::lock_guard<std::mutex> lock(r->hb_mu_);
+          r->stop_ = true;
+        }
+        r->hb_cv_.notify_all();
+        r->heartbeat_.join();
+      }
+    };
+    Status st;
+    {
+      StopHeartbeat stop{this};
+      st = serve_loop();
+    }
+    if (monitor_) {
+      zmq_socket_monitor(socket_.handle(), nullptr, 0);
+      monitor_.close();
+    }
+    return st;
+  }
 
+  Status send_join() {
+    return send(0, wire::Join{learner_.num_train_examples(), learner_.num_val_examples(), session_});
+  }
+
+  // Liveness for the coordinator: a HEARTBEAT every heartbeat_s, also while the learner trains.
+  void heartbeat_loop() {
+    std::unique_lock<std::mutex> lock(hb_mu_);
     for (;;) {
-      const auto deadline = detail::deadline_after(opt_.idle_timeout_s);
-      FEDRAD_ASSIGN_OR_RETURN(bool ready, detail::wait_readable(socket_, deadline));
-      if (!ready)
+      hb_cv_.wait_for(lock, std::chrono::duration<double>(opt_.heartbeat_s), [&] { return stop_; });
+      if (stop_) return;
+      lock.unlock();
+      Status st = send(working_round_.load(), wire::Heartbeat{working_round_.load()});
+      if (!st.ok()) log_->debug("heartbeat not sent: {}", st.to_string());
+      lock.lock();
+    }
+  }
+
+  // Handshake failures: the coordinator refusing this site's key ends the site; repeated
+  // failures of other kinds mean the coordinator's key is not the one we were given.
+  Status check_monitor() {
+    if (!monitor_) return ok_status();
+    for (;;) {
+      std::vector<zmq::message_t> ev;
+      if (!zmq::recv_multipart(monitor_, std::back_inserter(ev), zmq::recv_flags::dontwait)) return ok_status();
+      if (ev.empty() || ev[0].size() < 6) continue;
+      uint16_t event;
+      uint32_t value;
+      std::memcpy(&event, ev[0].data(), 2);
+      std::memcpy(&value, static_cast<const char*>(ev[0].data()) + 2, 4);
+      if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+        handshake_ok_ = true;
+        handshake_failures_ = 0;
+      } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        return invalid_argument("site '" + opt_.site_id + "': the coordinator at " + opt_.coordinator_address +
+                                " refused this site's key (status " + std::to_string(value) +
+                                "): its public key is not on the coordinator's allow-list");
+      } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+                 (event == ZMQ_EVENT_DISCONNECTED && !handshake_ok_)) {
+        ++handshake_failures_;
+        log_->warn("CurveZMQ handshake with {} failed ({} time(s))", opt_.coordinator_address, handshake_failures_);
+        if (handshake_failures_ >= kMaxHandshakeFailures)
+          return invalid_argument("site '" + opt_.site_id + "': the CurveZMQ handshake with the coordinator at " +
+                                  opt_.coordinator_address + " failed " + std::to_string(handshake_failures_) +
+                                  " times: the coordinator's public key this site was given is probably wrong, "
+                                  "or the coordinator refuses this site's key");
+      } else if (event == ZMQ_EVENT_DISCONNECTED) {
+        handshake_ok_ = false;  // the next connection must complete its own handshake
+      }
+    }
+  }
+
+  Status serve_loop() {
+    auto last_heard = Clock::now();
+    for (;;) {
+      if (detail::seconds_since(last_heard) > opt_.idle_timeout_s)
         return timeout_error("site '" + opt_.site_id + "': no message from the coordinator at " +
                              opt_.coordinator_address + " for " + std::to_string(opt_.idle_timeout_s) + " s");
       zmq::message_t frame;
-      if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
-      if (frame.more()) {
-        drain_multipart();
-        log_->warn("skipped a multi-frame message");
-        continue;
+      {
+        std::lock_guard<std::mutex> lock(socket_mu_);
+        zmq::pollitem_t items[2] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
+                                    {monitor_ ? static_cast<void*>(monitor_) : nullptr, 0, ZMQ_POLLIN, 0}};
+        const auto left = std::chrono::duration<double>(opt_.idle_timeout_s) - (Clock::now() - last_heard);
+        const long ms = std::clamp<long>(static_cast<long>(std::chrono::duration<double, std::milli>(left).count()) + 1,
+                                         0, 100);
+        try {
+          zmq::poll(items, monitor_ ? 2 : 1, std::chrono::milliseconds(ms));
+        } catch (const zmq::error_t& e) {
+          if (e.num() == EINTR) continue;
+          throw;
+        }
+        if (monitor_ && (items[1].revents & ZMQ_POLLIN)) FEDRAD_RETURN_IF_ERROR(check_monitor());
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
+        if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
+        if (frame.more()) {
+          drain_multipart();
+          log_->warn("skipped a multi-frame message");
+          continue;
+        }
       }
       auto decoded = wire::decode(frame.data(), frame.size(), opt_.max_message_bytes);
       if (!decoded.ok()) {
         log_->warn("skipped a malformed message: {}", decoded.status().to_string());
         continue;
       }
-      wire::Message& m = decoded->message;
-      FEDRAD_RETURN_IF_ERROR(audit_.record("in", wire::message_type_name(m.type()), m.round, frame.data(),
-                                           frame.size(), decoded->raw_size));
-      if (m.study != opt_.study) {
-        log_->warn("ignored {} for study '{}' (this site is in '{}')", wire::message_type_name(m.type()),
-                   detail::printable(m.study), opt_.study);
+      wire::Message* m = &decoded->message;
+      if (m->sequence <= last_coordinator_sequence_) {
+        log_->warn("skipped a replayed or stale {} (sequence {})", wire::message_type_name(m->type()), m->sequence);
+        continue;
+      }
+      last_coordinator_sequence_ = m->sequence;
+      last_heard = Clock::now();
+      uint64_t wire_size = frame.size();
+      uint64_t raw_size = decoded->raw_size;
+      std::optional<wire::Decoded> inner;
+      std::string assembled;
+      if (m->type() == MessageType::kChunk) {
+        auto whole = assembler_.add(std::move(std::get<wire::Chunk>(m->body)));
+        if (!whole.ok()) {
+          log_->warn("skipped a chunked message: {}", whole.status().to_string());
+          continue;
+        }
+        if (whole->empty()) continue;
+        auto d = wire::decode(whole->data(), whole->size(), opt_.max_message_bytes);
+        if (!d.ok() || d->message.type() == MessageType::kChunk) {
+          log_->warn("skipped a malformed chunked message: {}", d.ok() ? "nested chunk" : d.status().to_string());
+          continue;
+        }
+        wire_size = whole->size();
+        assembled = std::move(*whole);
+        inner = std::move(d).value();
+        raw_size = inner->raw_size;
+        m = &inner->message;
+      }
+      if (assembled.empty()) {
+        FEDRAD_RETURN_IF_ERROR(
+            audit_.record("in", wire::message_type_name(m->type()), m->round, frame.data(), wire_size, raw_size));
+      } else {
+        FEDRAD_RETURN_IF_ERROR(audit_.record("in", wire::message_type_name(m->type()), m->round, assembled.data(),
+                                             assembled.size(), raw_size));
+        std::string().swap(assembled);
+      }
+      frame = zmq::message_t();
+      if (m->study != opt_.study) {
+        log_->warn("ignored {} for study '{}' (this site is in '{}')", wire::message_type_name(m->type()),
+                   detail::printable(m->study), opt_.study);
         continue;
       }
       bool done = false;
-      FEDRAD_RETURN_IF_ERROR(dispatch(m, &done));
+      FEDRAD_RETURN_IF_ERROR(dispatch(*m, &done));
       if (done) return ok_status();
     }
   }
@@ -126,6 +278,16 @@ class SiteRunner {
         return ok_status();
       case MessageType::kReject: {
         const uint32_t reason = std::get<wire::Reject>(m.body).reason;
+        if (reason == static_cast<uint32_t>(wire::RejectReason::kRejoin)) {
+          // The coordinator restarted (resumed from its checkpoint): join again; it sends the
+          // full model next, so the copy of the old one is of no use. Several requests (one per
+          // queued heartbeat) get one JOIN per heartbeat period.
+          if (detail::seconds_since(last_join_) < opt_.heartbeat_s) return ok_status();
+          log_->info("the coordinator asks this site to join again (it restarted?)");
+          copy_.clear();
+          last_join_ = Clock::now();
+          return send_join();
+        }
         return invalid_argument("site '" + opt_.site_id + "': the coordinator at " +
                                 opt_.coordinator_address + " refused to admit it to study '" + opt_.study +
                                 "' (reason code " + std::to_string(reason) + ")");
@@ -178,6 +340,11 @@ class SiteRunner {
 
   Status on_fit(uint32_t round, const wire::FitIns& ins) {
     const auto start = Clock::now();
+    working_round_ = round;
+    struct Idle {
+      std::atomic<uint32_t>& r;
+      ~Idle() { r = 0; }
+    } idle{working_round_};
     auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
     if (!eval.ok()) return reply_fit_failure(round, "evaluation", eval.status());
     auto fit = call_learner([&] { return learner_.fit(ins.weights, ins.settings); });
@@ -233,7 +400,8 @@ class SiteRunner {
   }
 
   // invalid_argument means the message itself is unusable (too big, inconsistent shapes), which
-  // callers turn into a failure reply; other errors are transport failures.
+  // callers turn into a failure reply; other errors are transport failures. Thread-safe (the
+  // heartbeat thread sends too).
   Status send(uint32_t round, wire::Body body) {
     wire::Message m;
     m.study = opt_.study;
@@ -241,13 +409,27 @@ class SiteRunner {
     m.sender = opt_.site_id;
     m.compression = opt_.compression;
     m.body = std::move(body);
-    // The only way out: the egress guard admits the message and encodes it.
+    const bool heartbeat = m.type() == MessageType::kHeartbeat;
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    m.sequence = ++sequence_;
+    // The only way out: the egress guard admits the message and encodes it (chunks below are
+    // pieces of these sealed bytes).
     FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, egress_.seal(m, &copy_, opt_.zstd_level));
     if (enc.bytes.size() > opt_.max_message_bytes)
       return invalid_argument(std::string(wire::message_type_name(m.type())) + " of " +
                               std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
                               std::to_string(opt_.max_message_bytes));
-    socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::none);
+    if (heartbeat) {
+      // Never blocks: while the coordinator is away, a full queue drops heartbeats rather than
+      // stalling this site. Liveness only: not an audited exchange.
+      if (!socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::dontwait)) return io_error("heartbeat queue full");
+      return ok_status();
+    }
+    FEDRAD_RETURN_IF_ERROR(detail::send_possibly_chunked(enc.bytes, m, opt_.chunk_bytes, &sequence_,
+                                                         [&](const std::string& frame) {
+                                                           socket_.send(zmq::buffer(frame), zmq::send_flags::none);
+                                                           return true;
+                                                         }));
     return audit_.record("out", wire::message_type_name(m.type()), round, enc.bytes.data(), enc.bytes.size(),
                          enc.raw_size);
   }
@@ -255,8 +437,25 @@ class SiteRunner {
   Learner& learner_;
   const SiteOptions& opt_;
   std::shared_ptr<spdlog::logger> log_;
+  static constexpr int kMaxHandshakeFailures = 3;
+
   zmq::context_t ctx_;
   zmq::socket_t socket_;
+  std::mutex socket_mu_;       // every use of socket_, and sequence_
+  uint64_t sequence_ = detail::initial_sequence();
+  const uint64_t session_ = sequence_ ^ (static_cast<uint64_t>(::getpid()) << 32);
+  uint64_t last_coordinator_sequence_ = 0;
+  wire::ChunkAssembler assembler_{opt_.max_message_bytes};
+  std::string monitor_address_;
+  zmq::socket_t monitor_;      // handshake events (CurveZMQ only)
+  bool handshake_ok_ = false;
+  int handshake_failures_ = 0;
+  std::thread heartbeat_;
+  std::mutex hb_mu_;
+  std::condition_variable hb_cv_;
+  bool stop_ = false;
+  std::atomic<uint32_t> working_round_{0};
+  Clock::time_point last_join_ = Clock::now();
   CodecSpec up_spec_;
   Weights copy_;            // the global model as last received (reference of deltas both ways)
   ErrorFeedback feedback_;  // upstream residual, across rounds

@@ -2,6 +2,8 @@
 
 #include <zstd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -115,6 +117,26 @@ void put_settings(Writer& w, const RoundSettings& s) {
   w.u32(s.batch_size);
   w.f64(s.lr);
   w.u64(s.seed);
+  w.f64(s.prox_mu);
+  w.u8(s.keep_local_norm ? 1 : 0);
+}
+
+// Segmentation scores: u32 structures | u64 cases | per structure f64 dice_sum | f64 hd95_sum |
+// u64 hd95_cases (structures = 0 for classification).
+Status put_seg(Writer& w, const SegScoreSums& g) {
+  const size_t n = g.dice_sum.size();
+  if (g.hd95_sum.size() != n || g.hd95_cases.size() != n)
+    return invalid_argument("segmentation scores: per-structure arrays differ in length");
+  if (n > kMaxSegStructures)
+    return invalid_argument("segmentation scores: more than " + std::to_string(kMaxSegStructures) + " structures");
+  w.u32(static_cast<uint32_t>(n));
+  w.u64(g.cases);
+  for (size_t i = 0; i < n; ++i) {
+    w.f64(g.dice_sum[i]);
+    w.f64(g.hd95_sum[i]);
+    w.u64(g.hd95_cases[i]);
+  }
+  return ok_status();
 }
 
 Status put_eval(Writer& w, const EvalReport& e) {
@@ -129,7 +151,7 @@ Status put_eval(Writer& w, const EvalReport& e) {
   w.u32(static_cast<uint32_t>(h.neg.size()));
   for (uint64_t c : h.neg) w.u64(c);
   for (uint64_t c : h.pos) w.u64(c);
-  return ok_status();
+  return put_seg(w, e.seg);
 }
 
 struct BodyWriter {
@@ -137,6 +159,7 @@ struct BodyWriter {
   Status operator()(const Join& b) {
     w.u64(b.num_train);
     w.u64(b.num_val);
+    w.u64(b.session);
     return ok_status();
   }
   Status operator()(const JoinAck&) { return ok_status(); }
@@ -163,6 +186,22 @@ struct BodyWriter {
   }
   Status operator()(const Shutdown& b) {
     w.u32(b.reason);
+    return ok_status();
+  }
+  Status operator()(const Heartbeat& b) {
+    w.u32(b.round);
+    return ok_status();
+  }
+  Status operator()(const Chunk& b) {
+    if (b.count == 0 || b.count > kMaxChunks || b.index >= b.count)
+      return invalid_argument("chunk " + std::to_string(b.index) + " of " + std::to_string(b.count));
+    if (b.bytes.size() > b.total) return invalid_argument("chunk larger than its message");
+    w.u64(b.transfer);
+    w.u32(b.index);
+    w.u32(b.count);
+    w.u64(b.total);
+    w.u64(b.bytes.size());
+    w.bytes(b.bytes.data(), b.bytes.size());
     return ok_status();
   }
 };
@@ -307,6 +346,36 @@ void read_settings(Reader& r, RoundSettings* s) {
   s->batch_size = r.u32();
   s->lr = r.f64();
   s->seed = r.u64();
+  s->prox_mu = r.f64();
+  const uint8_t keep = r.u8();
+  if (keep > 1) return r.fail("keep_local_norm flag " + std::to_string(keep));
+  s->keep_local_norm = keep == 1;
+  if (!std::isfinite(s->prox_mu) || s->prox_mu < 0) return r.fail("prox_mu is not a finite value >= 0");
+}
+
+// Each Dice lies in [0, 1] and each HD95 is finite and >= 0, so the sums are bounded by the
+// case counts; anything else is refused.
+void read_seg(Reader& r, SegScoreSums* g) {
+  const uint32_t n = r.u32();
+  g->cases = r.u64();
+  if (!r.ok()) return;
+  if (n > kMaxSegStructures)
+    return r.fail("segmentation structures " + std::to_string(n) + " exceed " + std::to_string(kMaxSegStructures));
+  if (!r.fits(uint64_t{n} * 3, 8, "segmentation scores")) return;
+  g->dice_sum.resize(n);
+  g->hd95_sum.resize(n);
+  g->hd95_cases.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    g->dice_sum[i] = r.f64();
+    g->hd95_sum[i] = r.f64();
+    g->hd95_cases[i] = r.u64();
+    if (!r.ok()) return;
+    const double cases = static_cast<double>(g->cases);
+    if (!std::isfinite(g->dice_sum[i]) || g->dice_sum[i] < 0 || g->dice_sum[i] > cases * (1 + 1e-9))
+      return r.fail("segmentation Dice sum " + std::to_string(i) + " is outside [0, cases]");
+    if (g->hd95_cases[i] > g->cases || !std::isfinite(g->hd95_sum[i]) || g->hd95_sum[i] < 0)
+      return r.fail("segmentation HD95 sum " + std::to_string(i) + " is not a finite value >= 0 over at most cases");
+  }
 }
 
 void read_eval(Reader& r, EvalReport* e) {
@@ -321,6 +390,7 @@ void read_eval(Reader& r, EvalReport* e) {
   e->histogram.pos.resize(bins);
   for (uint64_t& c : e->histogram.neg) c = r.u64();
   for (uint64_t& c : e->histogram.pos) c = r.u64();
+  read_seg(r, &e->seg);
 }
 
 Body read_body(Reader& r, MessageType type) {
@@ -329,6 +399,7 @@ Body read_body(Reader& r, MessageType type) {
       Join b;
       b.num_train = r.u64();
       b.num_val = r.u64();
+      b.session = r.u64();
       return b;
     }
     case MessageType::kJoinAck:
@@ -364,6 +435,27 @@ Body read_body(Reader& r, MessageType type) {
     }
     case MessageType::kShutdown:
       return Shutdown{r.u32()};
+    case MessageType::kHeartbeat:
+      return Heartbeat{r.u32()};
+    case MessageType::kChunk: {
+      Chunk b;
+      b.transfer = r.u64();
+      b.index = r.u32();
+      b.count = r.u32();
+      b.total = r.u64();
+      const uint64_t n = r.u64();
+      if (!r.ok()) return b;
+      if (b.count == 0 || b.count > kMaxChunks || b.index >= b.count) {
+        r.fail("chunk " + std::to_string(b.index) + " of " + std::to_string(b.count));
+        return b;
+      }
+      if (n > b.total) {
+        r.fail("chunk of " + std::to_string(n) + " bytes in a message of " + std::to_string(b.total));
+        return b;
+      }
+      b.bytes = r.blob(n, "chunk");
+      return b;
+    }
   }
   r.fail("unknown message type");
   return JoinAck{};
@@ -403,6 +495,10 @@ const char* message_type_name(MessageType type) {
       return "EVAL_RES";
     case MessageType::kShutdown:
       return "SHUTDOWN";
+    case MessageType::kHeartbeat:
+      return "HEARTBEAT";
+    case MessageType::kChunk:
+      return "CHUNK";
   }
   return "UNKNOWN";
 }
@@ -412,6 +508,8 @@ StatusOr<Encoded> encode(const Message& message, int zstd_level) {
   FEDRAD_RETURN_IF_ERROR(check_string(message.sender, "sender"));
   if (message.compression != Compression::kNone && message.compression != Compression::kZstd)
     return invalid_argument("unknown compression");
+  if (message.type() == MessageType::kChunk && message.compression != Compression::kNone)
+    return invalid_argument("a CHUNK travels uncompressed");
   Encoded enc;
   Writer head(&enc.bytes);
   head.bytes(kMagic, sizeof kMagic);
@@ -420,6 +518,7 @@ StatusOr<Encoded> encode(const Message& message, int zstd_level) {
   head.str(message.study);
   head.u32(message.round);
   head.str(message.sender);
+  head.u64(message.sequence);
   head.u8(static_cast<uint8_t>(message.compression));
 
   std::string body;
@@ -454,7 +553,7 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
     return unsupported("protocol version " + std::to_string(version) + " (this build speaks " +
                        std::to_string(kVersion) + ")");
   if (type < static_cast<uint16_t>(MessageType::kJoin) ||
-      type > static_cast<uint16_t>(MessageType::kShutdown))
+      type > static_cast<uint16_t>(MessageType::kChunk))
     return corrupt("unknown message type " + std::to_string(type));
 
   Decoded out;
@@ -462,11 +561,14 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
   m.study = r.str("study");
   m.round = r.u32();
   m.sender = r.str("sender");
+  m.sequence = r.u64();
   const uint8_t compression = r.u8();
   if (!r.ok()) return r.status();
   if (compression > static_cast<uint8_t>(Compression::kZstd))
     return corrupt("unknown compression " + std::to_string(compression));
   m.compression = static_cast<Compression>(compression);
+  if (type == static_cast<uint16_t>(MessageType::kChunk) && m.compression != Compression::kNone)
+    return corrupt("a compressed CHUNK");
   const size_t head_size = size - r.left();
 
   std::string inflated;
@@ -492,5 +594,82 @@ uint64_t plain_weights_bytes(const Weights& w) {
 }
 
 uint64_t encoded_update_bytes(const EncodedUpdate& u) { return 4 + 4 + u.codec.size() + 8 + u.bytes.size(); }
+
+Chunker::Chunker(const std::string& encoded, const Message& header, uint64_t transfer, size_t chunk_bytes)
+    : encoded_(encoded),
+      transfer_(transfer),
+      chunk_bytes_(std::max<size_t>(chunk_bytes, 1)),
+      count_(static_cast<uint32_t>(std::min<uint64_t>((encoded.size() + chunk_bytes_ - 1) / chunk_bytes_,
+                                                       std::numeric_limits<uint32_t>::max()))) {
+  header_.study = header.study;
+  header_.round = header.round;
+  header_.sender = header.sender;
+  header_.compression = Compression::kNone;
+}
+
+StatusOr<std::string> Chunker::chunk(uint32_t index, uint64_t sequence) const {
+  if (count_ > kMaxChunks)
+    return invalid_argument("a message of " + std::to_string(encoded_.size()) + " bytes needs more than " +
+                            std::to_string(kMaxChunks) + " chunks of " + std::to_string(chunk_bytes_) + " bytes");
+  if (index >= count_) return invalid_argument("chunk index out of range");
+  Message m = header_;
+  m.sequence = sequence;
+  Chunk c;
+  c.transfer = transfer_;
+  c.index = index;
+  c.count = count_;
+  c.total = encoded_.size();
+  const size_t start = static_cast<size_t>(index) * chunk_bytes_;
+  c.bytes = encoded_.substr(start, std::min(chunk_bytes_, encoded_.size() - start));
+  m.body = std::move(c);
+  FEDRAD_ASSIGN_OR_RETURN(Encoded enc, encode(m));
+  return std::move(enc.bytes);
+}
+
+void ChunkAssembler::reset() {
+  active_ = false;
+  next_ = count_ = 0;
+  total_ = 0;
+  std::string().swap(buffer_);
+}
+
+StatusOr<std::string> ChunkAssembler::add(Chunk chunk) {
+  if (chunk.index == 0) {
+    reset();
+    if (chunk.total == 0) return corrupt("chunked message of 0 bytes");
+    if (chunk.total > max_total_)
+      return corrupt("chunked message of " + std::to_string(chunk.total) + " bytes exceeds the limit of " +
+                     std::to_string(max_total_));
+    active_ = true;
+    transfer_ = chunk.transfer;
+    count_ = chunk.count;
+    total_ = chunk.total;
+    buffer_.reserve(static_cast<size_t>(total_));  // preallocated once, checked above
+  } else if (!active_) {
+    return corrupt("chunk " + std::to_string(chunk.index) + " without its first chunk");
+  } else if (chunk.transfer != transfer_ || chunk.count != count_ || chunk.total != total_ || chunk.index != next_) {
+    reset();
+    return corrupt("chunk " + std::to_string(chunk.index) + " of " + std::to_string(chunk.count) +
+                   " does not continue the transfer in progress");
+  }
+  if (chunk.index != next_) {
+    reset();
+    return corrupt("chunk out of order");
+  }
+  if (buffer_.size() + chunk.bytes.size() > total_) {
+    reset();
+    return corrupt("chunks exceed the declared " + std::to_string(total_) + " bytes");
+  }
+  buffer_.append(chunk.bytes);
+  ++next_;
+  if (next_ < count_) return std::string();
+  if (buffer_.size() != total_) {
+    reset();
+    return corrupt("chunks hold fewer bytes than the declared total");
+  }
+  std::string out = std::move(buffer_);
+  reset();
+  return out;
+}
 
 }  // namespace fedrad::fed::wire

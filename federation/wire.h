@@ -1,15 +1,19 @@
 // The byte layout of fedrad's federation messages (private to federation/).
 //
 // A message is one ZeroMQ frame:
-//   magic "FDRD" | u16 version (1) | u16 type | str study | u32 round | str sender |
-//   u8 compression | body
+//   magic "FDRD" | u16 version (2) | u16 type | str study | u32 round | str sender |
+//   u64 sequence | u8 compression | body
+// `sequence` is the sender's message counter: it starts at the sender's start time in
+// nanoseconds since the epoch (so a restarted peer continues above its previous life) and grows
+// by one per frame sent. A receiver refuses a frame whose sequence is not above the last one it
+// took from that sender (a replay or a stale copy). Version 1 had no sequence.
 // The body alone is a zstd frame when compression == kZstd, so a receiver can route and refuse a
 // message (wrong study, wrong round) from the header without paying for the weights.
 // Integers are little-endian, doubles and floats travel as IEEE-754 bit patterns, a str is a u32
 // length and that many bytes (at most kMaxStringBytes).
 //
 // Bodies:
-//   JOIN      u64 n_train | u64 n_val
+//   JOIN      u64 n_train | u64 n_val | u64 session
 //   JOIN_ACK  (empty)
 //   REJECT    u32 reason (RejectReason)
 //   FIT_INS   settings | weights
@@ -18,13 +22,25 @@
 //   EVAL_INS  weights
 //   EVAL_RES  u32 status | eval
 //   SHUTDOWN  u32 reason (ShutdownReason)
-// settings:  u32 round | u32 local_epochs | u32 batch_size | f64 lr | u64 seed
-// eval:      u64 num_examples | f64 loss | histogram
+//   HEARTBEAT u32 round (the round the sender is working on; 0 when idle)
+//   CHUNK     u64 transfer | u32 index | u32 count | u64 total | u64 length | length bytes
+//             (one piece of a larger encoded message; compression is always none)
+// settings:  u32 round | u32 local_epochs | u32 batch_size | f64 lr | u64 seed | f64 prox_mu |
+//            u8 keep_local_norm (0/1)
+// eval:      u64 num_examples | f64 loss | histogram | seg
 // histogram: u32 bins | bins x u64 neg | bins x u64 pos
+// seg:       u32 structures (0 for classification) | u64 cases |
+//            structures x (f64 dice_sum | f64 hd95_sum | u64 hd95_cases)
 // weights:   u32 count | count x (str name | u32 ndim | ndim x i64 dim | prod(dims) x f32)
 //            or, for an encoded update (federation/codec.h) in FIT_INS, FIT_RES and EVAL_INS:
 //            u32 0xFFFFFFFF | str codec | u64 length | length bytes
 //            (the marker is above kMaxTensors, so a peer without codecs refuses it as corrupt)
+//
+// Chunks: a message whose encoding is larger than the sender's chunk size (64 MiB by default)
+// travels as `count` CHUNK messages of at most that many bytes, each with its own header and
+// sequence, so that no single ZeroMQ frame exceeds the chunk size; the receiver checks every
+// chunk against the first (transfer id, count, total), appends it to one buffer preallocated at
+// `total` (refused above its limit), and decodes the whole once complete (ChunkAssembler).
 //
 // Decoding treats every byte as hostile: lengths are checked against the bytes left and against
 // the limits below before anything is allocated, and every failure is a Status, never a throw.
@@ -41,11 +57,14 @@
 namespace fedrad::fed::wire {
 
 inline constexpr char kMagic[4] = {'F', 'D', 'R', 'D'};
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;
 inline constexpr uint32_t kMaxStringBytes = 4096;
 inline constexpr uint32_t kMaxTensors = 1u << 16;
 inline constexpr uint32_t kMaxDims = 16;
 inline constexpr uint32_t kMaxHistogramBins = 1u << 20;
+inline constexpr uint32_t kMaxSegStructures = 64;  // segmentation scores: labels + regions
+inline constexpr size_t kDefaultChunkBytes = size_t{64} << 20;
+inline constexpr uint32_t kMaxChunks = 1u << 20;
 
 enum class MessageType : uint16_t {
   kJoin = 1,
@@ -56,6 +75,8 @@ enum class MessageType : uint16_t {
   kEvalIns = 6,
   kEvalRes = 7,
   kShutdown = 8,
+  kHeartbeat = 9,
+  kChunk = 10,
 };
 const char* message_type_name(MessageType type);
 
@@ -64,6 +85,7 @@ enum class RejectReason : uint32_t {
   kWrongStudy = 1,
   kUnknownSite = 2,
   kUnexpected = 3,  // a message the coordinator cannot place (e.g. a result before joining)
+  kRejoin = 4,      // the coordinator does not know this site (it restarted): send JOIN again
 };
 enum class ShutdownReason : uint32_t { kDone = 0, kAborted = 1 };
 
@@ -80,6 +102,9 @@ struct EncodedUpdate {
 struct Join {
   uint64_t num_train = 0;
   uint64_t num_val = 0;
+  // Random per site process: a JOIN with the session the coordinator knows is a repeat (answered
+  // again), another session means the site restarted (it lost its model and its round).
+  uint64_t session = 0;
 };
 struct JoinAck {};
 struct Reject {
@@ -110,14 +135,25 @@ struct EvalRes {
 struct Shutdown {
   uint32_t reason = 0;
 };
+struct Heartbeat {
+  uint32_t round = 0;
+};
+struct Chunk {
+  uint64_t transfer = 0;  // sender-chosen id, the same in every piece of one message
+  uint32_t index = 0;     // 0-based
+  uint32_t count = 0;
+  uint64_t total = 0;     // bytes of the whole encoded message
+  std::string bytes;
+};
 
 // Alternatives in MessageType order: the type on the wire is the variant index + 1.
-using Body = std::variant<Join, JoinAck, Reject, FitIns, FitRes, EvalIns, EvalRes, Shutdown>;
+using Body = std::variant<Join, JoinAck, Reject, FitIns, FitRes, EvalIns, EvalRes, Shutdown, Heartbeat, Chunk>;
 
 struct Message {
   std::string study;
   uint32_t round = 0;
   std::string sender;
+  uint64_t sequence = 0;
   Compression compression = Compression::kNone;
   Body body;
 
@@ -146,5 +182,44 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
 // message's raw size is counted in (raw = as if the full model travelled as plain float32).
 uint64_t plain_weights_bytes(const Weights& w);
 uint64_t encoded_update_bytes(const EncodedUpdate& u);
+
+// The CHUNK messages of `encoded` (a whole encoded message) with at most `chunk_bytes` payload
+// each, built one at a time so that the sender holds one chunk besides the message. `header`
+// gives study, round and sender; each chunk takes the next value of *sequence.
+class Chunker {
+ public:
+  Chunker(const std::string& encoded, const Message& header, uint64_t transfer, size_t chunk_bytes);
+  uint32_t count() const { return count_; }
+  // The index-th chunk, encoded (uncompressed).
+  StatusOr<std::string> chunk(uint32_t index, uint64_t sequence) const;
+
+ private:
+  const std::string& encoded_;
+  Message header_;
+  uint64_t transfer_;
+  size_t chunk_bytes_;
+  uint32_t count_;
+};
+
+// Reassembles one peer's chunked message. Not thread-safe; one per peer. A chunk out of order,
+// from another transfer or inconsistent with the first is refused and the partial message
+// dropped; a new transfer (index 0) replaces an unfinished one.
+class ChunkAssembler {
+ public:
+  explicit ChunkAssembler(size_t max_total_bytes) : max_total_(max_total_bytes) {}
+  // Adds a chunk; returns the whole message's bytes when this was its last chunk, "" otherwise
+  // (a message is never empty), or an error (the partial message is then dropped).
+  StatusOr<std::string> add(Chunk chunk);
+  size_t pending_bytes() const { return active_ ? buffer_.capacity() : 0; }
+  void reset();
+
+ private:
+  size_t max_total_;
+  bool active_ = false;
+  uint64_t transfer_ = 0;
+  uint32_t next_ = 0, count_ = 0;
+  uint64_t total_ = 0;
+  std::string buffer_;
+};
 
 }  // namespace fedrad::fed::wire

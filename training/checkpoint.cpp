@@ -21,6 +21,22 @@ models::ClassifierOptions classifier_options(const StudyConfig& config) {
   return o;
 }
 
+models::UNetOptions unet_options(const StudyConfig& config) {
+  models::UNetOptions o;
+  o.dims = config.model.arch == "unet2d" ? 2 : 3;
+  o.in_channels = static_cast<int>(config.segmentation.channels.size());
+  o.out_channels = static_cast<int>(config.segmentation.labels.size()) + 1;
+  o.width = config.model.width;
+  o.depth = config.model.stages;
+  o.norm = config.model.norm;
+  return o;
+}
+
+std::shared_ptr<torch::nn::Module> build_model(const StudyConfig& config) {
+  if (config.segmentation_task()) return models::UNet(unet_options(config)).ptr();
+  return models::Classifier(classifier_options(config)).ptr();
+}
+
 fed::Weights to_weights(torch::nn::Module& module) {
   fed::Weights w;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
@@ -56,6 +72,18 @@ Status load_weights(torch::nn::Module& module, const fed::Weights& weights) {
   return ok_status();
 }
 
+std::set<std::string> norm_tensor_names(torch::nn::Module& module) {
+  std::set<std::string> names;
+  for (const auto& m : module.named_modules(/*name_prefix=*/"", /*include_self=*/true)) {
+    // LibTorch's class names: BatchNorm2dImpl, GroupNormImpl, InstanceNorm3dImpl, LayerNormImpl...
+    if (m.value()->name().find("Norm") == std::string::npos) continue;
+    const std::string prefix = m.key().empty() ? "" : m.key() + ".";
+    for (const auto& p : m.value()->named_parameters(/*recurse=*/false)) names.insert(prefix + p.key());
+    for (const auto& b : m.value()->named_buffers(/*recurse=*/false)) names.insert(prefix + b.key());
+  }
+  return names;
+}
+
 std::string sidecar_path(const std::string& pt_path) {
   fs::path p(pt_path);
   return (p.parent_path() / (p.stem().string() + ".json")).string();
@@ -88,6 +116,15 @@ Status save_model(const std::string& pt_path, torch::nn::Module& model, const St
     return internal_error(pt_path + ": cannot serialise the model: " + e.what());
   }
   const auto o = classifier_options(config);
+  nlohmann::json model_json = {{"arch", config.model.arch}, {"in_channels", o.in_channels}, {"width", o.width},
+                               {"stages", o.stages}, {"norm", o.norm}, {"dropout", o.dropout},
+                               {"num_outputs", o.num_outputs}};
+  if (config.segmentation_task()) {
+    // What models/python/fedrad_models.py's UNet(**meta["model"]) takes, and how to feed it.
+    const auto u = unet_options(config);
+    model_json = {{"arch", config.model.arch}, {"dims", u.dims},       {"in_channels", u.in_channels},
+                  {"out_channels", u.out_channels}, {"width", u.width}, {"depth", u.depth}, {"norm", u.norm}};
+  }
   nlohmann::json j = {
       {"format", "fedrad-model-1"},
       {"kind", meta.kind},
@@ -95,11 +132,17 @@ Status save_model(const std::string& pt_path, torch::nn::Module& model, const St
       {"epochs", meta.epochs},
       {"threshold", meta.threshold},
       {"val_auc", meta.val_auc},
-      {"model", {{"arch", config.model.arch}, {"in_channels", o.in_channels}, {"width", o.width},
-                 {"stages", o.stages}, {"norm", o.norm}, {"dropout", o.dropout}, {"num_outputs", o.num_outputs}}},
+      {"task", config.task},
+      {"model", model_json},
       {"data", {{"input_size", config.data.input_size}, {"normalise", config.data.normalise}}},
       {"config_yaml", to_yaml(config)},
   };
+  if (config.segmentation_task()) {
+    const auto& g = config.segmentation;
+    j["segmentation"] = {{"channels", g.channels}, {"labels", g.labels},       {"spacing", g.spacing},
+                         {"patch_size", g.patch_size}, {"overlap", g.overlap}, {"brats_regions", g.brats_regions},
+                         {"normalise", "z-score per channel over the non-zero foreground, background 0"}};
+  }
   return write_file_atomic(sidecar_path(pt_path), j.dump(2) + "\n");
 }
 
@@ -126,7 +169,14 @@ StatusOr<LoadedModel> load_model(const std::string& pt_path) {
   try {
     auto ivalue = torch::pickle_load(bytes);
     auto dict = ivalue.toGenericDict();
-    out.model = models::Classifier(classifier_options(out.config));
+    std::shared_ptr<torch::nn::Module> module;
+    if (out.config.segmentation_task()) {
+      out.unet = models::UNet(unet_options(out.config));
+      module = out.unet.ptr();
+    } else {
+      out.model = models::Classifier(classifier_options(out.config));
+      module = out.model.ptr();
+    }
     torch::NoGradGuard no_grad;
     int matched = 0;
     auto copy_in = [&](const std::string& name, torch::Tensor& t) -> Status {
@@ -138,15 +188,16 @@ StatusOr<LoadedModel> load_model(const std::string& pt_path) {
       ++matched;
       return ok_status();
     };
-    for (auto& p : out.model->named_parameters(true)) FEDRAD_RETURN_IF_ERROR(copy_in(p.key(), p.value()));
-    for (auto& b : out.model->named_buffers(true)) FEDRAD_RETURN_IF_ERROR(copy_in(b.key(), b.value()));
+    for (auto& p : module->named_parameters(true)) FEDRAD_RETURN_IF_ERROR(copy_in(p.key(), p.value()));
+    for (auto& b : module->named_buffers(true)) FEDRAD_RETURN_IF_ERROR(copy_in(b.key(), b.value()));
     if (matched != static_cast<int>(dict.size()))
       return corrupt(pt_path + ": holds " + std::to_string(dict.size()) + " tensors, the model has " +
                      std::to_string(matched));
   } catch (const std::exception& e) {
     return corrupt(pt_path + ": not a readable model file: " + e.what());
   }
-  out.model->eval();
+  if (out.unet) out.unet->eval();
+  else out.model->eval();
   return out;
 }
 

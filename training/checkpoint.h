@@ -7,12 +7,16 @@
 // (temporary file, then rename), so a crash never leaves half a model.
 #pragma once
 
+#include <set>
+
+#include <memory>
 #include <string>
 
 #include "common/config.h"
 #include "common/status.h"
 #include "federation/federation.h"
 #include "models/classifier.h"
+#include "models/unet.h"
 
 namespace fedrad::training {
 
@@ -25,17 +29,27 @@ struct ModelMeta {
 };
 
 models::ClassifierOptions classifier_options(const StudyConfig& config);
+models::UNetOptions unet_options(const StudyConfig& config);  // task: segmentation
+
+// The study's network: the classifier (task: classification) or the U-Net (task: segmentation,
+// training/segmentation.h unet_options), freshly initialised.
+std::shared_ptr<torch::nn::Module> build_model(const StudyConfig& config);
 
 // Parameters then buffers, by their module path ("blocks.0.conv1.weight"), as float32.
 fed::Weights to_weights(torch::nn::Module& module);
 // Copies `weights` into the module's parameters and buffers; names and shapes must match.
 Status load_weights(torch::nn::Module& module, const fed::Weights& weights);
 
+// Names (as in to_weights) of the parameters and buffers of the module's normalisation layers
+// (batch, group, instance and layer norm): what FedBN keeps local at each site.
+std::set<std::string> norm_tensor_names(torch::nn::Module& module);
+
 Status save_model(const std::string& pt_path, torch::nn::Module& model, const StudyConfig& config,
                   const ModelMeta& meta);
 
 struct LoadedModel {
-  models::Classifier model{nullptr};
+  models::Classifier model{nullptr};  // task: classification
+  models::UNet unet{nullptr};         // task: segmentation (config.model.arch unet2d / unet3d)
   StudyConfig config;
   ModelMeta meta;
 };

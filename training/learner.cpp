@@ -1,5 +1,8 @@
 #include "training/learner.h"
 
+#include <set>
+#include <string>
+
 #include <torch/torch.h>
 
 #include "common/log.h"
@@ -16,22 +19,35 @@ TorchLearner::TorchLearner(const StudyConfig& config, ImageSet train, ImageSet v
       site_index_(site_index),
       model_(classifier_options(config)) {}
 
+fed::Weights TorchLearner::with_local_norm(const fed::Weights& global) const {
+  if (!keep_local_norm_ || local_norm_.empty()) return global;
+  fed::Weights merged = global;
+  size_t j = 0;
+  for (fed::TensorRecord& t : merged) {
+    if (j < local_norm_.size() && t.name == local_norm_[j].name && t.shape == local_norm_[j].shape) {
+      t.data = local_norm_[j].data;
+      ++j;
+    }
+  }
+  return merged;
+}
+
 StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed::RoundSettings& settings) {
   try {
-    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    keep_local_norm_ = settings.keep_local_norm;
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, with_local_norm(global)));
     auto options = fit_options_from(config_, static_cast<int>(settings.local_epochs),
                                      settings.seed * 7919 + static_cast<uint64_t>(site_index_));
     options.batch_size = static_cast<int>(settings.batch_size);
     options.lr = settings.lr;
+    options.prox_mu = settings.prox_mu;
     // The study-wide schedule: this round runs epochs [(round-1) * E, round * E) of rounds * E.
     if (config_.train.lr_schedule == "cosine") {
       options.schedule_epochs = config_.rounds * static_cast<int>(settings.local_epochs);
       options.schedule_offset = static_cast<int>(settings.round - 1) * static_cast<int>(settings.local_epochs);
     }
     auto log = logger("train");
-    options.on_epoch = [&](int epoch, double loss) {
-      log->info("round {} epoch {}/{}: loss {:.4f}", settings.round, epoch + 1, settings.local_epochs, loss);
-    };
+    options.progress_label = "round " + std::to_string(settings.round);  // logs each epoch's loss
     FitStats stats;
     if (config_.privacy.dp_sgd) {
       FEDRAD_RETURN_IF_ERROR(check_dp_sgd_model(model_));
@@ -47,6 +63,12 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
     }
     fed::FitReport report;
     report.weights = to_weights(*model_);
+    if (keep_local_norm_) {
+      const std::set<std::string> names = norm_tensor_names(*model_);
+      local_norm_.clear();
+      for (const fed::TensorRecord& t : report.weights)
+        if (names.count(t.name)) local_norm_.push_back(t);
+    }
     report.num_examples = static_cast<uint64_t>(stats.samples);
     report.train_loss = stats.loss;
     report.train_seconds = stats.seconds;
@@ -58,7 +80,7 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
 
 StatusOr<fed::EvalReport> TorchLearner::evaluate(const fed::Weights& global) {
   try {
-    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, with_local_norm(global)));
     Predictions p = predict(model_, val_);
     fed::EvalReport report;
     report.num_examples = p.scores.size();

@@ -24,11 +24,16 @@ class TorchLearner : public fed::Learner {
   uint64_t num_val_examples() const override { return static_cast<uint64_t>(val_.size()); }
 
  private:
+  // FedBN: the model to use is the global one with this site's own normalisation tensors.
+  fed::Weights with_local_norm(const fed::Weights& global) const;
+
   StudyConfig config_;
   ImageSet train_, val_;
   int site_index_;
   models::Classifier model_;
-  fed::dp::RdpAccountant dp_accountant_;  // DP-SGD's privacy spent at this site, across rounds
+  fed::dp::RdpAccountant dp_accountant_;
+  bool keep_local_norm_ = false;  // set by the coordinator's strategy (FedBN) in each round
+  fed::Weights local_norm_;       // this site's normalisation parameters and statistics  // DP-SGD's privacy spent at this site, across rounds
 };
 
 }  // namespace fedrad::training

@@ -6,6 +6,10 @@
 
 #include <torch/torch.h>
 
+#include <spdlog/fmt/fmt.h>
+
+#include "common/progress.h"
+
 namespace fedrad::training {
 
 FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed) {
@@ -65,16 +69,32 @@ torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen)
   return out * contrast + brightness;
 }
 
+torch::Tensor proximal_term(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& anchor,
+                            double mu) {
+  torch::Tensor sum = torch::zeros({}, torch::kFloat);
+  for (size_t i = 0; i < params.size(); ++i) sum = sum + (params[i] - anchor[i]).pow(2).sum();
+  return sum * (mu / 2.0);
+}
+
 FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   model->train();
-  auto opt = make_optimizer(model->parameters(), options);
+  const std::vector<torch::Tensor> params = model->parameters();
+  auto opt = make_optimizer(params, options);
+  std::vector<torch::Tensor> anchor;
+  if (options.prox_mu > 0)
+    for (const auto& p : params) anchor.push_back(p.detach().clone());
   auto gen = at::detail::createCPUGenerator(options.seed);
   const int64_t n = data.size();
   FitStats stats;
   stats.samples = n;
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
     for (auto& group : opt->param_groups()) group.options().set_lr(scheduled_lr(options, epoch));
+    std::unique_ptr<Progress> progress;
+    if (options.progress_label.size())
+      progress = std::make_unique<Progress>("train", options.progress_label + " epoch " + std::to_string(epoch + 1) + "/" +
+                                                         std::to_string(options.epochs),
+                                            static_cast<uint64_t>(n), "images");
     auto perm = torch::randperm(n, gen, torch::kLong);
     double loss_sum = 0;
     int64_t seen = 0;
@@ -88,12 +108,19 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
       opt->zero_grad();
       auto logits = model->forward(x).squeeze(1);
       auto loss = torch::binary_cross_entropy_with_logits(logits, y);
-      loss.backward();
+      auto objective = options.prox_mu > 0 ? loss + proximal_term(params, anchor, options.prox_mu) : loss;
+      objective.backward();
       opt->step();
       loss_sum += loss.item<double>() * static_cast<double>(end - begin);
       seen += end - begin;
+      if (progress) {
+        progress->set_detail(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(seen)));
+        progress->set(static_cast<uint64_t>(end));
+      }
     }
     stats.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
+    if (progress && options.on_epoch) progress->dismiss();  // the caller logs the epoch
+    else if (progress) progress->finish(fmt::format("loss {:.4f}", stats.loss));
     if (options.on_epoch) options.on_epoch(epoch, stats.loss);
   }
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -31,6 +31,11 @@ struct FitOptions {
   // [schedule_offset, schedule_offset + epochs); 0 = constant lr.
   int schedule_epochs = 0;
   int schedule_offset = 0;
+  // FedProx (Li et al. 2020): adds prox_mu / 2 * ||w - w_start||^2 over the trainable parameters,
+  // w_start being the weights at the start of the call (the global model); 0 = plain training.
+  double prox_mu = 0;
+  // Shown as "<label> epoch e/E" with a per-batch progress line (common/progress.h); "" = none.
+  std::string progress_label;
   // Called after each epoch with its index (0-based) and mean loss; for progress output.
   std::function<void(int epoch, double loss)> on_epoch;
 };
@@ -66,6 +71,10 @@ Predictions predict(models::Classifier& model, const ImageSet& data, int batch_s
 // Random shifts, small rotations and scaling, optional horizontal flips and brightness/contrast
 // jitter, drawn from `gen` so that a run is reproducible. x: [N, 1, S, S].
 torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen);
+
+// The proximal term of FitOptions::prox_mu for parameters `params` against `anchor` (same order).
+torch::Tensor proximal_term(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& anchor,
+                            double mu);
 
 // Sets LibTorch's intra-op threads: n > 0 as given, 0 = all cores.
 void set_threads(int n);

@@ -11,6 +11,7 @@
 #include <zmq.hpp>
 
 #include "common/status.h"
+#include "federation/keys.h"
 #include "federation/wire.h"
 
 namespace fedrad::fed::detail {
@@ -28,13 +29,59 @@ inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Room for a CHUNK's header around its payload.
+inline constexpr size_t kChunkHeaderSlack = 64 * 1024;
+
 // Options both ends need: linger 0 so a failed study never hangs in close, and the size limit
-// enforced by libzmq before a frame is buffered.
-inline void configure_socket(zmq::socket_t& socket, size_t max_message_bytes) {
+// enforced by libzmq before a frame is buffered: one chunk (larger messages travel in chunks).
+inline void configure_socket(zmq::socket_t& socket, size_t max_message_bytes, size_t chunk_bytes) {
   socket.set(zmq::sockopt::linger, 0);
-  const uint64_t limit =
-      std::min<uint64_t>(max_message_bytes, static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  uint64_t limit = std::min<uint64_t>(max_message_bytes, static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  limit = std::min<uint64_t>(limit, static_cast<uint64_t>(chunk_bytes) + kChunkHeaderSlack);
   socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(limit));
+  // Transport-level keepalive: a dead TCP peer is noticed even when nobody sends.
+  socket.set(zmq::sockopt::heartbeat_ivl, 2000);
+  socket.set(zmq::sockopt::heartbeat_timeout, 10000);
+}
+
+// CurveZMQ server side: the coordinator's key pair; clients are checked by the ZAP handler.
+inline void make_curve_server(zmq::socket_t& socket, const CurveKeyPair& own) {
+  socket.set(zmq::sockopt::curve_server, true);
+  socket.set(zmq::sockopt::curve_secretkey, own.secret_key);
+  socket.set(zmq::sockopt::zap_domain, "fedrad");
+}
+
+// CurveZMQ client side: talks only to a server holding the secret half of coordinator_public_key.
+inline void make_curve_client(zmq::socket_t& socket, const SiteKeys& keys) {
+  socket.set(zmq::sockopt::curve_serverkey, keys.coordinator_public_key);
+  socket.set(zmq::sockopt::curve_publickey, keys.own.public_key);
+  socket.set(zmq::sockopt::curve_secretkey, keys.own.secret_key);
+}
+
+// A sender's first sequence number: its start time in ns since the epoch, so that a restarted
+// peer continues above what it sent before (wire.h).
+inline uint64_t initial_sequence() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+// Sends an encoded message (its header's sequence already taken from *sequence) as one frame,
+// or as CHUNK frames of at most chunk_bytes when it is larger, each with the next sequence.
+// `send_frame` sends one frame and returns false when the peer is gone.
+template <typename SendFrame>
+Status send_possibly_chunked(const std::string& encoded, const wire::Message& header, size_t chunk_bytes,
+                             uint64_t* sequence, SendFrame&& send_frame) {
+  if (encoded.size() <= chunk_bytes) {
+    if (!send_frame(encoded)) return io_error("peer unreachable");
+    return ok_status();
+  }
+  wire::Chunker chunker(encoded, header, /*transfer=*/header.sequence, chunk_bytes);
+  for (uint32_t i = 0; i < chunker.count(); ++i) {
+    FEDRAD_ASSIGN_OR_RETURN(std::string frame, chunker.chunk(i, ++*sequence));
+    if (!send_frame(frame)) return io_error("peer unreachable");
+  }
+  return ok_status();
 }
 
 // True when `socket` has a message before `deadline`, false when the deadline passed.

@@ -11,6 +11,14 @@ The parameter names match the C++ modules in models/, so the state dict that fed
     model.eval()
     prob = torch.sigmoid(model(x))        # x: [N, 1, S, S], normalised as meta["data"] says
     positive = prob >= meta["threshold"]
+
+Segmentation models (task: segmentation) are a U-Net; `meta["model"]` holds its options:
+
+    from fedrad_models import UNet
+    model = UNet(**meta["model"])          # dims, in_channels, out_channels, width, depth, norm
+    model.load_state_dict(torch.load("out/segmentation/global.pt"))
+    classes = model(x).argmax(1)           # x: [N, C, D, H, W] (3D) or [N, C, H, W] (2D), each
+                                           # channel z-scored over the non-zero foreground
 """
 import torch
 from torch import nn
@@ -64,3 +72,57 @@ class Classifier(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(self.dropout(h.mean(dim=(2, 3))))
+
+
+def make_norm_nd(kind: str, channels: int, dims: int) -> nn.Module:
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels) if dims == 3 else nn.BatchNorm2d(channels)
+    raise ValueError(f"unknown normalisation {kind!r}")
+
+
+class UNetBlock(nn.Module):
+    def __init__(self, dims: int, in_channels: int, out_channels: int, norm: str):
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = make_norm_nd(norm, out_channels, dims)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = make_norm_nd(norm, out_channels, dims)
+
+    def forward(self, x):
+        x = nn.functional.leaky_relu(self.norm1(self.conv1(x)), 0.01)
+        return nn.functional.leaky_relu(self.norm2(self.conv2(x)), 0.01)
+
+
+class UNet(nn.Module):
+    """models/unet.h: `depth` levels of width * 2^l channels, max pooling down, transposed
+    convolutions up, skip connections concatenated, a 1x1 head with one logit per class."""
+
+    def __init__(self, dims=3, in_channels=1, out_channels=2, width=8, depth=3, norm="instance", **_):
+        super().__init__()
+        self.dims, self.depth = dims, depth
+        up = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
+        head = nn.Conv3d if dims == 3 else nn.Conv2d
+        chans = [width << level for level in range(depth)]
+        self.enc = nn.ModuleList(
+            UNetBlock(dims, in_channels if level == 0 else chans[level - 1], chans[level], norm)
+            for level in range(depth))
+        self.up = nn.ModuleList(up(chans[level + 1], chans[level], 2, stride=2) for level in range(depth - 1))
+        self.dec = nn.ModuleList(UNetBlock(dims, 2 * chans[level], chans[level], norm) for level in range(depth - 1))
+        self.head = head(width, out_channels, 1)
+
+    def forward(self, x):
+        pool = nn.functional.max_pool3d if self.dims == 3 else nn.functional.max_pool2d
+        skips, h = [], x
+        for level in range(self.depth):
+            if level > 0:
+                h = pool(h, 2)
+            h = self.enc[level](h)
+            skips.append(h)
+        for level in range(self.depth - 2, -1, -1):
+            h = self.dec[level](torch.cat([self.up[level](h), skips[level]], 1))
+        return self.head(h)

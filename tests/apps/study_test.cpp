@@ -210,5 +210,25 @@ TEST(Cli, ConfigShowPrintsDefaults) {
   EXPECT_NE(out.find("round_timeout_s"), std::string::npos);  // a default the file does not set
 }
 
+TEST(Cli, ProgressIsALiveLineOnATerminalAndPlainLinesOtherwise) {
+  const std::string site = testing::pneumonia_site("site-a", "val");
+  int code = 0;
+  // Live: the status line is redrawn in place (carriage return + erase line) and cleared at the end.
+  auto live = run(kFedrad + " --progress live index " + site, &code);
+  ASSERT_EQ(code, 0) << live;
+  EXPECT_NE(live.find("\r\033[K"), std::string::npos) << "no live line drawn";
+  EXPECT_NE(live.find("indexing"), std::string::npos) << live;
+  EXPECT_NE(live.find("files"), std::string::npos) << live;
+  // Plain (what a pipe gets with --progress auto): log lines only, no terminal control codes.
+  auto plain = run(kFedrad + " index " + site, &code);
+  ASSERT_EQ(code, 0) << plain;
+  EXPECT_EQ(plain.find('\r'), std::string::npos);
+  EXPECT_EQ(plain.find("\033["), std::string::npos);
+  EXPECT_NE(plain.find("indexing " + site + ": done"), std::string::npos) << plain;
+  // Quiet: no progress at all.
+  auto quiet = run(kFedrad + " -q index " + site, &code);
+  EXPECT_EQ(quiet.find("indexing"), std::string::npos) << quiet;
+}
+
 }  // namespace
 }  // namespace fedrad::app

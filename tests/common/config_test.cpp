@@ -54,6 +54,11 @@ INSTANTIATE_TEST_SUITE_P(
                       BadCase{"sites: [a, a]\n", "listed twice"},
                       BadCase{"sites: [a]\nfederation: {min_sites: 2}\n", "federation.min_sites"},
                       BadCase{"federation: {compression: lz4}\n", "federation.compression"},
+                      BadCase{"federation: {heartbeat_s: 0}\n", "federation.heartbeat_s"},
+                      BadCase{"federation: {heartbeat_misses: 0}\n", "federation.heartbeat_misses"},
+                      BadCase{"federation: {chunk_mb: 0}\n", "federation.chunk_mb"},
+                      BadCase{"federation: {keys_dir: /nonexistent/fedrad-keys}\n", "federation.keys_dir"},
+                      BadCase{"federation: {plaintext: maybe}\n", "federation.plaintext: expected true or false"},
                       BadCase{"model: 3\n", "model: expected a mapping"},
                       BadCase{"rounds: [1\n", "not valid YAML"}));
 

@@ -42,11 +42,12 @@ std::vector<Message> sample_messages(Compression c) {
     m.study = "pneumonia-2024";
     m.round = round;
     m.sender = "site-a";
+    m.sequence = 1700000000000000000ull + out.size();
     m.compression = c;
     m.body = std::move(body);
     out.push_back(std::move(m));
   };
-  add(0, Join{1000, 250});
+  add(0, Join{1000, 250, 0x0123456789abcdefull});
   add(0, JoinAck{});
   add(0, Reject{static_cast<uint32_t>(RejectReason::kWrongStudy)});
   RoundSettings s;
@@ -67,6 +68,14 @@ std::vector<Message> sample_messages(Compression c) {
   add(11, EvalIns{sample_weights()});
   add(11, EvalRes{3, sample_eval()});
   add(0, Shutdown{1});
+  add(7, Heartbeat{7});
+  Chunk chunk;
+  chunk.transfer = 99;
+  chunk.index = 1;
+  chunk.count = 3;
+  chunk.total = 10;
+  chunk.bytes = "abcd";
+  if (c == Compression::kNone) add(7, chunk);  // a CHUNK always travels uncompressed
   return out;
 }
 
@@ -94,12 +103,14 @@ void expect_same(const Message& a, const Message& b) {
   EXPECT_EQ(a.study, b.study);
   EXPECT_EQ(a.round, b.round);
   EXPECT_EQ(a.sender, b.sender);
+  EXPECT_EQ(a.sequence, b.sequence);
   EXPECT_EQ(a.compression, b.compression);
   ASSERT_EQ(a.type(), b.type());
   switch (a.type()) {
     case MessageType::kJoin:
       EXPECT_EQ(std::get<Join>(a.body).num_train, std::get<Join>(b.body).num_train);
       EXPECT_EQ(std::get<Join>(a.body).num_val, std::get<Join>(b.body).num_val);
+      EXPECT_EQ(std::get<Join>(a.body).session, std::get<Join>(b.body).session);
       break;
     case MessageType::kJoinAck:
       break;
@@ -138,6 +149,19 @@ void expect_same(const Message& a, const Message& b) {
     case MessageType::kShutdown:
       EXPECT_EQ(std::get<Shutdown>(a.body).reason, std::get<Shutdown>(b.body).reason);
       break;
+    case MessageType::kHeartbeat:
+      EXPECT_EQ(std::get<Heartbeat>(a.body).round, std::get<Heartbeat>(b.body).round);
+      break;
+    case MessageType::kChunk: {
+      const auto& x = std::get<Chunk>(a.body);
+      const auto& y = std::get<Chunk>(b.body);
+      EXPECT_EQ(x.transfer, y.transfer);
+      EXPECT_EQ(x.index, y.index);
+      EXPECT_EQ(x.count, y.count);
+      EXPECT_EQ(x.total, y.total);
+      EXPECT_EQ(x.bytes, y.bytes);
+      break;
+    }
   }
 }
 
@@ -151,7 +175,7 @@ class WireRoundTrip : public ::testing::TestWithParam<Compression> {};
 
 TEST_P(WireRoundTrip, EveryMessageTypeRoundTripsBitExactly) {
   const auto messages = sample_messages(GetParam());
-  ASSERT_EQ(messages.size(), 8u);
+  ASSERT_EQ(messages.size(), GetParam() == Compression::kNone ? 10u : 9u);  // CHUNK only uncompressed
   for (const Message& m : messages) {
     SCOPED_TRACE(message_type_name(m.type()));
     auto enc = encode(m, 5);
@@ -176,15 +200,17 @@ TEST(Wire, HeaderLayoutIsLittleEndian) {
   m.study = "s";
   m.round = 0x01020304;
   m.sender = "ab";
+  m.sequence = 0x1122334455667788ull;
   m.body = Shutdown{0x0a0b0c0d};
   const std::string b = encode_ok(m);
-  const std::string expected = std::string("FDRD") + std::string("\x01\x00", 2) + std::string("\x08\x00", 2) +
+  const std::string expected = std::string("FDRD") + std::string("\x02\x00", 2) + std::string("\x08\x00", 2) +
                                std::string("\x01\x00\x00\x00s", 5) + std::string("\x04\x03\x02\x01", 4) +
                                std::string(
                                    "\x02\x00\x00\x00"
                                    "ab",
                                    6) +
-                               std::string("\x00", 1) + std::string("\x0d\x0c\x0b\x0a", 4);
+                               std::string("\x88\x77\x66\x55\x44\x33\x22\x11", 8) + std::string("\x00", 1) +
+                               std::string("\x0d\x0c\x0b\x0a", 4);
   EXPECT_EQ(b, expected);
 }
 
@@ -209,22 +235,23 @@ TEST(Wire, RejectsWrongMagic) {
 
 TEST(Wire, RejectsUnsupportedVersion) {
   std::string b = encode_ok(sample_messages(Compression::kNone)[0]);
-  b[4] = 2;
+  b[4] = 1;  // version 1 had no sequence: refused, not misread
   auto dec = decode(b.data(), b.size(), kMax);
   ASSERT_FALSE(dec.ok());
-  EXPECT_NE(dec.status().message().find("version 2"), std::string::npos);
+  EXPECT_NE(dec.status().message().find("version 1"), std::string::npos);
 }
 
 TEST(Wire, RejectsUnknownTypeAndCompression) {
   std::string b = encode_ok(sample_messages(Compression::kNone)[7]);
   std::string bad_type = b;
-  bad_type[6] = 9;
+  bad_type[6] = 11;
   EXPECT_FALSE(decode(bad_type.data(), bad_type.size(), kMax).ok());
   bad_type[6] = 0;
   EXPECT_FALSE(decode(bad_type.data(), bad_type.size(), kMax).ok());
-  // Header: magic 4, version 2, type 2, study 4+14, round 4, sender 4+6, then compression.
+  // Header: magic 4, version 2, type 2, study 4+14, round 4, sender 4+6, sequence 8, then
+  // compression.
   std::string bad_comp = b;
-  const size_t comp_at = 4 + 2 + 2 + 4 + 14 + 4 + 4 + 6;
+  const size_t comp_at = 4 + 2 + 2 + 4 + 14 + 4 + 4 + 6 + 8;
   ASSERT_EQ(bad_comp[comp_at], 0);
   bad_comp[comp_at] = 7;
   auto dec = decode(bad_comp.data(), bad_comp.size(), kMax);
@@ -326,8 +353,9 @@ TEST(Wire, RejectsHugeDeclaredLengths) {
   Message m;
   m.body = EvalRes{};
   std::string h = encode_ok(m);
-  h.resize(h.size() - 4);  // bins = 0
-  h += le32(1u << 20);
+  // The body ends with bins = 0 and the empty segmentation scores (u32 0 | u64 0).
+  h.resize(h.size() - 4 - 12);
+  h += le32(1u << 20) + le32(0) + le64(0);
   EXPECT_FALSE(decode(h.data(), h.size(), kMax).ok());
   // A study string longer than the limit.
   std::string s = encode_ok(m);
@@ -367,7 +395,7 @@ TEST(Wire, RejectsCorruptedZstdFrames) {
   // Body that is not zstd at all.
   Message n = sample_messages(Compression::kNone)[0];
   std::string raw = encode_ok(n);
-  raw[40] = 1;  // claim zstd: header is magic 4 + 2 + 2 + 18 + 4 + 10 = 40 bytes, then the flag
+  raw[48] = 1;  // claim zstd: header is magic 4 + 2 + 2 + 18 + 4 + 10 + 8 = 48 bytes, then the flag
   auto dec = decode(raw.data(), raw.size(), kMax);
   ASSERT_FALSE(dec.ok());
   EXPECT_EQ(dec.status().code(), StatusCode::kCorrupt);
@@ -387,7 +415,7 @@ TEST(Wire, RejectsZstdFrameWithoutDeclaredSize) {
   m.compression = Compression::kZstd;
   m.body = Join{};
   std::string b = encode_ok(m);
-  b.resize(4 + 2 + 2 + 4 + 4 + 4 + 1);  // header with empty study and sender
+  b.resize(4 + 2 + 2 + 4 + 4 + 4 + 8 + 1);  // header with empty study and sender
   b += frame;
   auto dec = decode(b.data(), b.size(), kMax);
   ASSERT_FALSE(dec.ok());
@@ -423,6 +451,95 @@ TEST(Wire, RandomGarbageNeverCrashes) {
   // Flips inside float data still decode; flips in the structure do not. Both happen.
   EXPECT_GT(accepted, 0);
   EXPECT_LT(accepted, 4000);
+}
+
+TEST(Wire, CompressedChunkIsRefused) {
+  Message m;
+  Chunk c;
+  c.count = 1;
+  c.total = 1;
+  c.bytes = "x";
+  m.body = c;
+  m.compression = Compression::kZstd;
+  EXPECT_FALSE(encode(m).ok());
+  m.compression = Compression::kNone;
+  std::string b = encode_ok(m);
+  const size_t comp_at = 4 + 2 + 2 + 4 + 0 + 4 + 4 + 0 + 8;
+  b[comp_at] = 1;
+  EXPECT_FALSE(decode(b.data(), b.size(), kMax).ok());
+}
+
+// A message cut into chunks comes back whole, in order; every deviation is refused.
+TEST(Wire, ChunkerAndAssemblerRoundTrip) {
+  Message m = sample_messages(Compression::kNone)[4];  // FIT_RES
+  m.sequence = 500;
+  const std::string whole = encode_ok(m);
+  Chunker chunker(whole, m, /*transfer=*/m.sequence, /*chunk_bytes=*/17);
+  ASSERT_EQ(chunker.count(), (whole.size() + 16) / 17);
+  std::vector<Chunk> chunks;
+  for (uint32_t i = 0; i < chunker.count(); ++i) {
+    auto bytes = chunker.chunk(i, 1000 + i);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+    EXPECT_LE(bytes->size(), 17u + 100u);
+    auto dec = decode(bytes->data(), bytes->size(), kMax);
+    ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+    EXPECT_EQ(dec->message.sequence, 1000u + i);
+    EXPECT_EQ(dec->message.sender, m.sender);
+    chunks.push_back(std::get<Chunk>(dec->message.body));
+  }
+  ChunkAssembler ok(kMax);
+  std::string out;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    auto r = ok.add(chunks[i]);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    if (i + 1 < chunks.size()) EXPECT_TRUE(r->empty());
+    else out = *r;
+  }
+  EXPECT_EQ(out, whole);
+  EXPECT_EQ(ok.pending_bytes(), 0u);
+
+  {  // out of order
+    ChunkAssembler a(kMax);
+    ASSERT_TRUE(a.add(chunks[0]).ok());
+    EXPECT_FALSE(a.add(chunks[2]).ok());
+  }
+  {  // a repeated chunk (replay)
+    ChunkAssembler a(kMax);
+    ASSERT_TRUE(a.add(chunks[0]).ok());
+    ASSERT_TRUE(a.add(chunks[1]).ok());
+    EXPECT_FALSE(a.add(chunks[1]).ok());
+  }
+  {  // continuing without a first chunk
+    ChunkAssembler a(kMax);
+    EXPECT_FALSE(a.add(chunks[1]).ok());
+  }
+  {  // another transfer's chunk in the middle
+    ChunkAssembler a(kMax);
+    ASSERT_TRUE(a.add(chunks[0]).ok());
+    Chunk other = chunks[1];
+    other.transfer = 12345;
+    EXPECT_FALSE(a.add(other).ok());
+  }
+  {  // a declared total above the limit is refused before anything is allocated
+    ChunkAssembler a(100);
+    Chunk big = chunks[0];
+    big.total = 1ull << 40;
+    auto r = a.add(big);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("limit"), std::string::npos);
+    EXPECT_EQ(a.pending_bytes(), 0u);
+  }
+  {  // chunks holding more than declared
+    ChunkAssembler a(kMax);
+    Chunk first = chunks[0];
+    first.total = 20;
+    first.count = 2;
+    ASSERT_TRUE(a.add(first).ok());
+    Chunk second = chunks[1];
+    second.total = 20;
+    second.count = 2;
+    EXPECT_FALSE(a.add(second).ok());
+  }
 }
 
 }  // namespace

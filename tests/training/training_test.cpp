@@ -208,5 +208,77 @@ TEST(TorchLearner, FitAndEvaluateSpeakFederation) {
   EXPECT_FALSE(learner.fit(global, rs).ok());
 }
 
+TEST(FedProx, ProximalTermMatchesHandComputedValueAndHoldsTrainingNearTheStart) {
+  auto term = proximal_term({torch::tensor({1.0f, 2.0f}), torch::tensor({3.0f})},
+                            {torch::zeros({2}), torch::tensor({1.0f})}, /*mu=*/2.0);
+  EXPECT_FLOAT_EQ(term.item<float>(), 9.0f);  // 2/2 * (1 + 4 + 4)
+
+  set_threads(2);
+  auto cfg = small_config();
+  auto train = synthetic_set(32, 28, 100);
+  auto distance_moved = [&](double mu) {
+    torch::manual_seed(5);
+    models::Classifier m(classifier_options(cfg));
+    std::vector<torch::Tensor> start;  // trainable parameters only (running statistics are not held)
+    for (const auto& p : m->parameters()) start.push_back(p.detach().clone());
+    auto options = fit_options_from(cfg, /*epochs=*/2, /*seed=*/11);
+    options.prox_mu = mu;
+    fit(m, train, options);
+    double d = 0;
+    const auto end = m->parameters();
+    for (size_t t = 0; t < start.size(); ++t) d += (end[t].detach() - start[t]).pow(2).sum().item<double>();
+    return std::sqrt(d);
+  };
+  const double free = distance_moved(0), held = distance_moved(50.0);
+  EXPECT_LT(held, 0.8 * free) << "free " << free << ", with prox_mu 50: " << held;
+}
+
+TEST(FedBN, NormTensorNamesAreTheNormalisationLayersOnly) {
+  auto cfg = small_config();
+  models::Classifier m(classifier_options(cfg));
+  auto names = norm_tensor_names(*m);
+  ASSERT_FALSE(names.empty());
+  size_t running = 0;
+  for (const auto& t : to_weights(*m)) {
+    if (t.name.find("running_mean") != std::string::npos) {
+      EXPECT_TRUE(names.count(t.name)) << t.name;
+      ++running;
+    }
+    if (t.shape.size() == 4) EXPECT_FALSE(names.count(t.name)) << "a convolution: " << t.name;
+  }
+  EXPECT_GT(running, 0u);
+}
+
+TEST(FedBN, SiteKeepsItsOwnNormalisationLayers) {
+  set_threads(2);
+  auto cfg = small_config();
+  models::Classifier init(classifier_options(cfg));
+  auto global = to_weights(*init);
+  fed::RoundSettings rs;
+  rs.round = 1;
+  rs.batch_size = 16;
+  rs.lr = 0.003;
+  rs.keep_local_norm = true;
+  auto run = [&](bool keep) {
+    TorchLearner learner(cfg, synthetic_set(32, 28, 1), synthetic_set(16, 28, 500), 1);
+    rs.keep_local_norm = keep;
+    auto fit = learner.fit(global, rs);
+    EXPECT_TRUE(fit.ok()) << fit.status().to_string();
+    // The "aggregated" model: the site's weights with every normalisation tensor replaced.
+    auto names = norm_tensor_names(*init);
+    fed::Weights other = fit->weights;
+    for (auto& t : other)
+      if (names.count(t.name)) std::fill(t.data.begin(), t.data.end(), t.name.find("var") != std::string::npos ? 4.0f : 0.5f);
+    auto own = learner.evaluate(fit->weights);
+    auto mixed = learner.evaluate(other);
+    EXPECT_TRUE(own.ok() && mixed.ok());
+    return std::make_pair(own->loss, mixed->loss);
+  };
+  auto [own_keep, mixed_keep] = run(true);
+  EXPECT_DOUBLE_EQ(own_keep, mixed_keep) << "FedBN: the site evaluates with its own norm layers";
+  auto [own_plain, mixed_plain] = run(false);
+  EXPECT_NE(own_plain, mixed_plain) << "without FedBN the received norm layers are used";
+}
+
 }  // namespace
 }  // namespace fedrad::training
