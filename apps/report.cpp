@@ -412,6 +412,20 @@ std::string figure(const std::string& svg) { return "<figure>" + svg + "</figure
 StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptions& options) {
   auto log = logger("report");
   FEDRAD_ASSIGN_OR_RETURN(auto rows, read_jsonl(out_dir + "/metrics.jsonl"));
+  // Segmentation rows nest their scores ({"segmentation": {"mean_dice", "dice": {...}, "hd95": {...}}});
+  // flattened here to mean_dice, dice_<name>, hd95_<name> like the CSV's columns.
+  for (auto& r : rows) {
+    if (!r.contains("segmentation") || !r["segmentation"].is_object()) continue;
+    const json& sg = r["segmentation"];
+    if (sg.contains("mean_dice")) r["mean_dice"] = sg["mean_dice"];
+    for (const char* part : {"dice", "hd95"})
+      if (sg.contains(part) && sg[part].is_object())
+        for (const auto& [name, v] : sg[part].items()) {
+          std::string key = std::string(part) + "_" + name;
+          std::replace(key.begin(), key.end(), ' ', '_');
+          r[key] = v;
+        }
+  }
   json summary = json::object();
   if (auto s = read_json(out_dir + "/summary.json"); s.ok()) summary = *s;
   else log->warn("{}", s.status().to_string());
@@ -423,6 +437,12 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
   std::vector<std::string> figures;
 
   const std::string study = summary.contains("study") ? get_str(summary, "study") : get_str(summary, "kind", "study");
+  // Segmentation studies record Dice (mean_dice, dice_<label or region>) where classification
+  // records AUC; the plots follow whichever the metrics hold.
+  const bool seg = any_has(rows, "mean_dice") || any_has(rows, "val_mean_dice");
+  const char* quality = seg ? "mean_dice" : "auc";
+  const char* val_quality = seg ? "val_mean_dice" : "val_auc";
+  const std::string quality_name = seg ? "mean Dice" : "AUC", loss_name = seg ? "Dice + CE loss" : "BCE loss";
   if (!baseline) {
     title = "Federated study '" + study + "'";
     int rounds = static_cast<int>(get(summary, "rounds", 0));
@@ -440,15 +460,25 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
         per_site[scope].push_back(r);
       }
     }
-    // AUC of each round's model (0 = the initial model): global pooled, then each site's.
-    std::vector<PlotSeries> auc{{"global (pooled)", seq(global, "model_round"), seq(global, "auc")}};
+    // Quality of each round's model (0 = the initial model): global pooled, then each site's.
+    // Classification: AUC; segmentation: mean Dice over the structures, and Dice per region.
+    std::vector<PlotSeries> auc{{"global (pooled)", seq(global, "model_round"), seq(global, quality)}};
     for (const auto& s : site_order) {
       PlotSeries p{s, {}, {}, true};
       for (const auto& r : per_site[s])
-        if (r.value("ok", true)) p.x.push_back(get(r, "model_round")), p.y.push_back(get(r, "auc"));
+        if (r.value("ok", true)) p.x.push_back(get(r, "model_round")), p.y.push_back(get(r, quality));
       auc.push_back(p);
     }
-    figures.push_back(svg_line_plot({"Validation AUC per round", "model after round (0 = initial)", "AUC", true}, auc));
+    figures.push_back(svg_line_plot(
+        {"Validation " + quality_name + " per round", "model after round (0 = initial)", quality_name, true}, auc));
+    if (seg && !global.empty()) {
+      std::vector<PlotSeries> regions;
+      for (const auto& [key, value] : global.front().items())
+        if (key.rfind("dice_", 0) == 0) regions.push_back({key.substr(5), seq(global, "model_round"), seq(global, key.c_str())});
+      if (!regions.empty())
+        figures.push_back(svg_line_plot({"Dice per label and region (global)", "model after round (0 = initial)", "Dice", true},
+                                        regions));
+    }
     // Losses: pooled validation loss of each round's model; mean local training loss per round.
     PlotSeries train_loss{"train loss (mean over sites)", {}, {}, true};
     for (const auto& g : global) {
@@ -461,7 +491,7 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
           if (static_cast<int>(get(r, "round", -1)) == round && r.value("ok", true)) sum += get(r, "train_loss", 0), ++n;
       if (n) train_loss.x.push_back(round), train_loss.y.push_back(sum / n);
     }
-    figures.push_back(svg_line_plot({"Loss per round", "round (validation: model after round)", "BCE loss"},
+    figures.push_back(svg_line_plot({"Loss per round", "round (validation: model after round)", loss_name},
                                     {{"validation loss (pooled)", seq(global, "model_round"), seq(global, "loss")},
                                      train_loss}));
     // Bytes on the wire per round, all sites together.
@@ -478,7 +508,8 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
     }
     figures.push_back(svg_line_plot({"Bytes per round (all sites; last = final evaluation)", "round", unit}, bytes));
     // Global accuracy, sensitivity, specificity at each round's pooled threshold.
-    figures.push_back(svg_line_plot(
+    if (!seg)
+      figures.push_back(svg_line_plot(
         {"Global metrics at the pooled threshold", "model after round (0 = initial)", "rate", true},
         {{"accuracy", seq(global, "model_round"), seq(global, "accuracy")},
          {"sensitivity", seq(global, "model_round"), seq(global, "sensitivity"), true},
@@ -500,8 +531,8 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
     // Header cards.
     const json g = summary.value("global", json::object());
     body << "<div class=cards>"
-         << "<div class=card><div class=k>final AUC (pooled)</div><div class=v id=final-auc>" << fixed(get(g, "auc"), 4)
-         << "</div></div>"
+         << "<div class=card><div class=k>final " << quality_name << " (pooled)</div><div class=v id=final-auc>"
+         << fixed(seg ? (global.empty() ? NAN : get(global.back(), quality)) : get(g, "auc"), 4) << "</div></div>"
          << "<div class=card><div class=k>rounds</div><div class=v>" << rounds << "</div></div>"
          << "<div class=card><div class=k>sites</div><div class=v>" << site_order.size() << "</div></div>"
          << "<div class=card><div class=k>wall time</div><div class=v>" << fixed(get(summary, "wall_seconds"), 1)
@@ -512,6 +543,24 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
     body << "<h2>Training progress</h2><div class=grid>";
     for (const auto& f : figures) body << figure(f);
     body << "</div>";
+    // Final metrics table: segmentation, Dice per label and region of the last (final evaluation) round.
+    if (seg && !global.empty()) {
+      const int last = static_cast<int>(get(global.back(), "round", 0));
+      std::vector<std::string> keys;
+      for (const auto& [key, value] : global.back().items())
+        if (key.rfind("dice_", 0) == 0 || key.rfind("hd95_", 0) == 0) keys.push_back(key);
+      body << "<h2>Final model</h2><table id=final-metrics><tr><th>scope</th><th>mean Dice</th>";
+      for (const auto& k : keys) body << "<th>" << html_escape(k) << "</th>";
+      body << "</tr>";
+      for (const auto& r : rows) {
+        if (static_cast<int>(get(r, "round", -1)) != last) continue;
+        body << "<tr><td>" << html_escape(get_str(r, "scope")) << "</td><td>" << fixed(get(r, "mean_dice"), 4) << "</td>";
+        for (const auto& k : keys) body << "<td>" << fixed(get(r, k.c_str()), k.rfind("hd95_", 0) == 0 ? 1 : 4) << "</td>";
+        body << "</tr>";
+      }
+      body << "</table><p class=note>Dice per label and BraTS region (WT, TC, ET); HD95 in mm. Sites send sums "
+              "over their validation cases, never masks.</p>";
+    } else {
     // Final metrics table.
     body << "<h2>Final model</h2><table id=final-metrics><tr><th>scope</th><th>n</th><th>AUC</th><th>accuracy</th>"
             "<th>sensitivity</th><th>specificity</th><th>threshold</th></tr>";
@@ -521,17 +570,19 @@ StatusOr<std::string> write_report(const std::string& out_dir, const ReportOptio
     if (!g.empty()) body << "<tr><th>global (pooled)</th>" << metrics_cells(g) << "</tr>";
     body << "</table><p class=note>Per-site numbers are at the global threshold, chosen on the pooled validation "
             "scores (Youden's J). Sites send score histograms, never per-image values.</p>";
+    }
   } else {
     title = "Baseline '" + get_str(summary, "kind", "baseline") + "'";
     PlotSeries auc{"validation AUC", {}, {}}, tl{"train loss", {}, {}}, vl{"validation loss", {}, {}, true};
     for (const auto& r : rows) {
       const double e = get(r, "epoch");
-      if (std::isfinite(get(r, "val_auc"))) auc.x.push_back(e), auc.y.push_back(get(r, "val_auc"));
+      if (std::isfinite(get(r, val_quality))) auc.x.push_back(e), auc.y.push_back(get(r, val_quality));
       if (std::isfinite(get(r, "loss"))) tl.x.push_back(e), tl.y.push_back(get(r, "loss"));
       if (std::isfinite(get(r, "val_loss"))) vl.x.push_back(e), vl.y.push_back(get(r, "val_loss"));
     }
-    figures.push_back(svg_line_plot({"Validation AUC per epoch", "epoch", "AUC", true}, {auc}));
-    figures.push_back(svg_line_plot({"Loss per epoch", "epoch", "BCE loss"}, {tl, vl}));
+    auc.name = "validation " + quality_name;
+    figures.push_back(svg_line_plot({"Validation " + quality_name + " per epoch", "epoch", quality_name, true}, {auc}));
+    figures.push_back(svg_line_plot({"Loss per epoch", "epoch", loss_name}, {tl, vl}));
     const json v = summary.value("val", json::object());
     body << "<div class=cards><div class=card><div class=k>final AUC (validation)</div><div class=v id=final-auc>"
          << fixed(get(v, "auc"), 4) << "</div></div><div class=card><div class=k>epochs</div><div class=v>"

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -69,6 +70,16 @@ TEST_F(SegCli, SimulateTrainEvaluateAndPredict) {
     EXPECT_EQ(m["model"]["arch"], "unet3d");
     EXPECT_EQ(m["model"]["in_channels"], 4);
     EXPECT_EQ(m["model"]["out_channels"], 4);
+  }
+  // The report plots Dice, not AUC, for a segmentation study, and tabulates Dice per region.
+  out = testing::run_command(kFedrad + " -q report " + root_ + "/fed", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  {
+    std::ifstream in(root_ + "/fed/report.html");
+    const std::string html((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(html.find("Validation mean Dice per round"), std::string::npos);
+    EXPECT_NE(html.find("<th>dice_WT</th>"), std::string::npos);
+    EXPECT_EQ(html.find("Validation AUC per round"), std::string::npos);
   }
 
   out = testing::run_command(kFedrad + " -q train --config " + root_ + "/seg.yaml --data " + root_ +
