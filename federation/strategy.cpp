@@ -182,6 +182,15 @@ Weights pack_state(const std::vector<std::pair<std::string, const Sums*>>& parts
   return out;
 }
 
+// Names and shapes of w[begin, begin + n) without their values, the first `strip` characters of
+// each name dropped: what state() needs to name the server's moments.
+Weights layout_of(const Weights& w, size_t begin, size_t n, size_t strip = 0) {
+  Weights out;
+  out.reserve(n);
+  for (size_t t = begin; t < begin + n; ++t) out.push_back(TensorRecord{w[t].name.substr(strip), w[t].shape, {}});
+  return out;
+}
+
 Status unpack_state(const Weights& state, const std::vector<std::pair<std::string, Sums*>>& parts,
                     const std::string& who) {
   if (state.empty()) {
@@ -213,10 +222,7 @@ class ServerOptimizer : public FedAvg {
   Weights state() const override { return pack_state({{"m", &m_}, {"v", &v_}}, layout_); }
   Status restore_state(const Weights& state) override {
     FEDRAD_RETURN_IF_ERROR(unpack_state(state, {{"m", &m_}, {"v", &v_}}, name()));
-    layout_ = state;  // names are only used to re-pack; strip the prefixes
-    const size_t per = state.size() / 2;
-    layout_.resize(per);
-    for (TensorRecord& r : layout_) r.name = r.name.substr(2);
+    layout_ = layout_of(state, 0, state.size() / 2, /*strip "m/"*/ 2);
     return ok_status();
   }
 
@@ -231,8 +237,7 @@ class ServerOptimizer : public FedAvg {
       for (auto& t : v_) std::fill(t.begin(), t.end(), v0);
     }
     if (m_.size() != global_.size()) return invalid_argument("server state does not match the model");
-    layout_ = global_;
-    for (TensorRecord& r : layout_) r.data.clear();
+    layout_ = layout_of(global_, 0, global_.size());
     Weights next = global_;
     const double b1 = config_.beta1, b2 = config_.beta2, eta = config_.server_lr, tau = config_.tau;
     for (size_t t = 0; t < next.size(); ++t) {
