@@ -18,7 +18,7 @@
 //
 // e.g. "delta|ef|topk:0.01|q8|zstd". "zstd" alone (the default) and "none" are lossless and send
 // the model as plain float32 weights, exactly as before codecs existed. Sparse updates code their
-// indices as delta-encoded varints or as a bitmap, whichever is smaller.
+// indices as Golomb-Rice codes or varints of the gaps, or as a bitmap, whichever is smallest.
 //
 // An encoded update names its codec (the canonical string travels in the message beside the
 // bytes) and the layout it was made for (a fingerprint of the reference's names and shapes); a

@@ -230,6 +230,26 @@ TEST(Codec, TopKKeepsTheLargestMagnitudesOfEachTensorExactly) {
   }
 }
 
+TEST(Codec, TensorsOfAtMost512ValuesAreSentWholeAndLargerOnesSparsified) {
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Weights model = {TensorRecord{"stem.weight", {4, 1, 3, 3}, std::vector<float>(36)},
+                   TensorRecord{"head.weight", {1, 512}, std::vector<float>(512)},
+                   TensorRecord{"body.weight", {1, 513}, std::vector<float>(513)},
+                   TensorRecord{"bn.num_batches_tracked", {}, std::vector<float>(1)}};
+  for (TensorRecord& t : model)
+    for (float& v : t.data) v = normal(rng);
+  const Weights ref = zeros_like(model);
+  for (const char* codec : {"topk:0.01", "randk:0.01"}) {
+    auto got = decode_update(codec, encode_ok(codec, model, ref), ref);
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    for (size_t t : {0, 1, 3}) EXPECT_EQ((*got)[t].data, model[t].data) << codec << " " << model[t].name;
+    size_t kept = 0;
+    for (float v : (*got)[2].data) kept += v != 0;
+    EXPECT_LT(kept, 30u) << codec;  // 513 values at 1%: about 5 (topk's threshold is sampled)
+  }
+}
+
 TEST(Codec, RandomKIndicesComeFromTheSeedAndAreNotSent) {
   const Weights ref = zeros_like(make_weights(1));
   const Weights model = make_weights(5);
@@ -251,14 +271,24 @@ TEST(Codec, RandomKIndicesComeFromTheSeedAndAreNotSent) {
   EXPECT_GT(differ, 0u);  // another seed, other indices
 }
 
-TEST(Codec, IndexCodingPicksTheSmallerOfVarintAndBitmap) {
+TEST(Codec, IndexCodingPicksTheSmallestOfRiceVarintAndBitmap) {
   const Weights ref = zeros_like(make_weights(1));
   const Weights model = make_weights(6);
   const size_t n = flat(model).size();
-  // Sparse: ~n/1000 indices as varints (a byte or two each) beat an n/8 bitmap.
+  // Sparse: ~n/1000 indices as Rice codes (~log2(1000) + 1.5 bits each) beat varints (two
+  // bytes each for gaps this long) and an n/8 bitmap.
   const std::string sparse = encode_ok("topk:0.001", model, ref);
-  EXPECT_LT(sparse.size(), 24 + 1 + 8 + 8 + 5 * (0.0015 * n + 2 + 23) + 16);
-  EXPECT_EQ(static_cast<uint8_t>(sparse[24]), 1);  // varint
+  EXPECT_LT(sparse.size(), 24 + 1 + 8 + 1 + 8 + 5 * (0.0015 * n + 2 + 23) + 16);
+  EXPECT_EQ(static_cast<uint8_t>(sparse[24]), 3);  // Rice
+  auto got = decode_update("topk:0.001", sparse, ref);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  // A run of consecutive indices (the 1% of fc.weight) beside long gaps round-trips exactly.
+  Weights ones = zeros_like(model);
+  for (size_t i = 0; i < 20; ++i) ones[2].data[100 + i] = 1.0f + static_cast<float>(i);
+  const std::string run = encode_ok("topk:0.01", ones, zeros_like(model));
+  auto back = decode_update("topk:0.01", run, zeros_like(model));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(flat(*back), flat(ones));
   // Dense-ish: half of the values: the bitmap (n/8 bytes) wins.
   const std::string half = encode_ok("topk:0.5", model, ref);
   EXPECT_EQ(static_cast<uint8_t>(half[24]), 2);  // bitmap
@@ -383,6 +413,44 @@ std::string hand_made(const Weights& ref, uint8_t coding, uint64_t k, const std:
   b += index_bytes;
   for (float f : values) b.append(reinterpret_cast<const char*>(&f), 4);
   return b;
+}
+
+std::string hand_rice(const Weights& ref, uint64_t k, uint8_t r, const std::string& bits,
+                      const std::vector<float>& values) {
+  std::string b = hand_made(ref, 3, k, "", {}, false);
+  b.push_back(static_cast<char>(r));
+  for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>(static_cast<uint64_t>(bits.size()) >> (8 * i)));
+  b += bits;
+  for (float f : values) b.append(reinterpret_cast<const char*>(&f), 4);
+  return b;
+}
+
+TEST(CodecDecode, ValidatesRiceIndices) {
+  const Weights ref = zeros_like(make_weights(1));
+  const uint64_t n = num_values(ref);
+  // Indices 0 and 2, r = 0: gap 0 is "0", gap 1 is "10"; bits from bit 0: 0b010.
+  auto ok = decode_update("topk:0.5", hand_rice(ref, 2, 0, "\x02", {1, 2}), ref);
+  ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+  EXPECT_EQ((*ok)[0].data[0], 1.0f);
+  EXPECT_EQ((*ok)[0].data[2], 2.0f);
+  auto why = [&](const std::string& bytes) {
+    auto r = decode_update("topk:0.5", bytes, ref);
+    return r.ok() ? std::string("accepted") : r.status().message();
+  };
+  // A gap of n with r = 12 (quotient 0, then 12 low bits): past the last value.
+  ASSERT_LT(n, 4096u);
+  std::string far(2, '\0');
+  for (int i = 0; i < 12; ++i)
+    if ((n >> i) & 1u) far[(1 + i) / 8] = static_cast<char>(far[(1 + i) / 8] | (1 << ((1 + i) % 8)));
+  EXPECT_NE(why(hand_rice(ref, 1, 12, far, {1})).find("out of range"), std::string::npos);
+  // A unary run longer than any gap can be.
+  EXPECT_NE(why(hand_rice(ref, 1, 0, std::string(n / 8 + 2, '\xff'), {1})).find("out of range"), std::string::npos);
+  // Truncated: the bits end inside the third code.
+  EXPECT_NE(why(hand_rice(ref, 3, 0, "\xff", {1, 2, 3})).find("truncated"), std::string::npos);
+  // Padding bits set, a byte left over, a parameter above 31.
+  EXPECT_NE(why(hand_rice(ref, 2, 0, "\x82", {1, 2})).find("left over"), std::string::npos);
+  EXPECT_NE(why(hand_rice(ref, 2, 0, std::string("\x02\x00", 2), {1, 2})).find("left over"), std::string::npos);
+  EXPECT_NE(why(hand_rice(ref, 2, 32, "\x02", {1, 2})).find("Rice parameter"), std::string::npos);
 }
 
 TEST(CodecDecode, ValidatesIndices) {
