@@ -13,7 +13,9 @@
 //   u64 layout fingerprint | u64 n (values in the model) | u64 seed | payload
 // payload (a zstd frame of it with the zstd stage):
 //   dense   values(n)
-//   topk    u8 index coding (1 varint, 2 bitmap, 3 Rice) | u64 k | indices | values(k)
+//   topk    u8 index coding (1 varint, 2 bitmap, 3 Rice) | u64 k | indices | values
+//             the k indices chosen in the tensors top-k sparsifies; the small tensors that travel
+//             whole (see sent_whole) are implied, and values follow for all of them, in order
 //             varint: u64 bytes | LEB128 gaps (index - previous - 1, the first from -1)
 //             bitmap: ceil(n / 8) bytes, bit i%8 of byte i/8 set when i is sent
 //             Rice:   u8 r (0..31) | u64 bytes | the same gaps as Golomb-Rice codes with
@@ -785,7 +787,18 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
       }
       at += len;
     }
-    put_indices(idx, n, &payload);
+    // The small tensors' indices are implied (the receiver knows which tensors travel whole):
+    // only the chosen ones of the sparsified tensors are coded.
+    std::vector<int64_t> chosen;
+    int64_t start = 0;
+    size_t j = 0;
+    for (const TensorRecord& t : reference) {
+      const int64_t end = start + static_cast<int64_t>(t.data.size());
+      for (; j < idx.size() && idx[j] < end; ++j)
+        if (!sent_whole(t)) chosen.push_back(idx[j]);
+      start = end;
+    }
+    put_indices(chosen, n, &payload);
   } else if (spec.sparsify == Sparsify::kRandK) {
     idx = randk_indices(reference, spec.fraction, seed);
     put_u64(&payload, idx.size());
@@ -864,7 +877,26 @@ StatusOr<Weights> decode_update(const std::string& codec, std::string_view bytes
   std::vector<int64_t> idx;
   bool sparse = true;
   if (spec.sparsify == Sparsify::kTopK) {
-    read_indices(c, n, &idx);
+    std::vector<int64_t> chosen;
+    if (read_indices(c, n, &chosen)) {
+      // Merge in the small tensors, which travel whole; a coded index inside one is refused.
+      int64_t start = 0;
+      size_t j = 0;
+      idx.reserve(chosen.size());
+      for (const TensorRecord& t : reference) {
+        const int64_t end = start + static_cast<int64_t>(t.data.size());
+        if (sent_whole(t)) {
+          if (j < chosen.size() && chosen[j] < end) {
+            c.fail("index " + std::to_string(chosen[j]) + " lies in tensor '" + t.name + "', which travels whole");
+            break;
+          }
+          for (int64_t i = start; i < end; ++i) idx.push_back(i);
+        } else {
+          for (; j < chosen.size() && chosen[j] < end; ++j) idx.push_back(chosen[j]);
+        }
+        start = end;
+      }
+    }
   } else if (spec.sparsify == Sparsify::kRandK) {
     const uint64_t k = c.u64("random-k count");
     if (c.ok()) {
