@@ -24,6 +24,18 @@ json metrics_of(const BinaryMetrics& m) {
           {"specificity", m.specificity}, {"threshold", m.threshold}, {"n", m.n}};
 }
 
+std::string structure_name(const std::vector<std::string>& names, size_t i) {
+  return i < names.size() ? names[i] : "structure " + std::to_string(i);
+}
+
+// Segmentation scores: mean Dice over structures and cases, Dice per structure, cases.
+json seg_json(const SegScoreSums& sums, const std::vector<std::string>& names) {
+  json dice = json::object();
+  const auto d = sums.mean_dice();
+  for (size_t i = 0; i < d.size(); ++i) dice[structure_name(names, i)] = d[i];
+  return {{"mean_dice", sums.mean_dice_all()}, {"dice", dice}, {"cases", sums.cases}};
+}
+
 // Prometheus label values: backslash, double quote and newline escaped.
 std::string label(const std::string& v) {
   std::string out;
@@ -112,6 +124,11 @@ void StatusServer::set_state(const std::string& state) {
   state_ = state;
 }
 
+void StatusServer::set_seg_structures(std::vector<std::string> names) {
+  std::lock_guard<std::mutex> lock(mu_);
+  seg_structures_ = std::move(names);
+}
+
 void StatusServer::on_round(const fed::RoundLog& log) {
   std::lock_guard<std::mutex> lock(mu_);
   if (log.evaluation_only) final_done_ = true;
@@ -146,19 +163,23 @@ json StatusServer::status() const {
             {"eta_s", eta >= 0 ? json(eta) : json(nullptr)},
             {"last_round", nullptr}};
   if (have_last_) {
+    const bool seg = !last_.global_seg.empty();
     json sites = json::array();
     int reported = 0;
     for (const auto& s : last_.sites) {
       reported += s.ok ? 1 : 0;
-      sites.push_back({{"site", s.site_id}, {"ok", s.ok}, {"error_code", s.error_code}, {"n", s.num_examples},
-                       {"train_loss", s.train_loss}, {"eval_loss", s.eval_loss}, {"auc", s.eval.auc},
-                       {"bytes_up", s.bytes_up}, {"bytes_down", s.bytes_down}, {"train_seconds", s.train_seconds}});
+      json site = {{"site", s.site_id}, {"ok", s.ok}, {"error_code", s.error_code}, {"n", s.num_examples},
+                   {"train_loss", s.train_loss}, {"eval_loss", s.eval_loss},
+                   {"bytes_up", s.bytes_up}, {"bytes_down", s.bytes_down}, {"train_seconds", s.train_seconds}};
+      if (!seg) site["auc"] = s.eval.auc;
+      else if (!s.seg.empty()) site["mean_dice"] = s.seg.mean_dice_all();
+      sites.push_back(std::move(site));
     }
     j["last_round"] = {{"round", last_.round},
                        {"evaluation_only", last_.evaluation_only},
                        {"sites_reported", reported},
                        {"sites_expected", last_.sites.size()},
-                       {"global", metrics_of(last_.global_eval)},
+                       {"global", seg ? seg_json(last_.global_seg, seg_structures_) : metrics_of(last_.global_eval)},
                        {"global_loss", last_.global_eval_loss},
                        {"seconds", last_.seconds},
                        {"bytes_up", last_.bytes_up},
@@ -191,19 +212,42 @@ std::string StatusServer::prometheus() const {
     int reported = 0;
     for (const auto& site : last_.sites) reported += site.ok ? 1 : 0;
     metric("fedrad_sites_reported", "gauge", "Sites that reported in the last round.", reported);
-    metric("fedrad_global_auc", "gauge", "Pooled validation AUC of the last evaluated global model.", last_.global_eval.auc);
-    metric("fedrad_global_accuracy", "gauge", "Pooled validation accuracy at the pooled threshold.",
-           last_.global_eval.accuracy);
+    const bool seg = !last_.global_seg.empty();
+    if (seg) {
+      metric("fedrad_global_mean_dice", "gauge",
+             "Validation Dice of the last evaluated global model, mean over structures and the sites' cases.",
+             last_.global_seg.mean_dice_all());
+      o << "# HELP fedrad_global_dice Validation Dice of the last evaluated global model per structure.\n"
+           "# TYPE fedrad_global_dice gauge\n";
+      const auto d = last_.global_seg.mean_dice();
+      for (size_t i = 0; i < d.size(); ++i)
+        o << "fedrad_global_dice{" << study << ",structure=\"" << label(structure_name(seg_structures_, i)) << "\"} "
+          << value(d[i]) << "\n";
+    } else {
+      metric("fedrad_global_auc", "gauge", "Pooled validation AUC of the last evaluated global model.",
+             last_.global_eval.auc);
+      metric("fedrad_global_accuracy", "gauge", "Pooled validation accuracy at the pooled threshold.",
+             last_.global_eval.accuracy);
+    }
     metric("fedrad_global_loss", "gauge", "Pooled validation loss of the last evaluated global model.",
            last_.global_eval_loss);
     metric("fedrad_round_seconds", "gauge", "Duration of the last round.", last_.seconds);
     if (last_.dp_epsilon >= 0)
       metric("fedrad_dp_epsilon", "gauge", "Differential privacy spent so far (epsilon at the study's delta).",
              last_.dp_epsilon);
-    o << "# HELP fedrad_site_auc Validation AUC of the global model at each site (last round).\n"
-         "# TYPE fedrad_site_auc gauge\n";
-    for (const auto& site : last_.sites)
-      if (site.ok) o << "fedrad_site_auc{" << study << ",site=\"" << label(site.site_id) << "\"} " << value(site.eval.auc) << "\n";
+    if (seg) {
+      o << "# HELP fedrad_site_mean_dice Validation mean Dice of the global model at each site (last round).\n"
+           "# TYPE fedrad_site_mean_dice gauge\n";
+      for (const auto& site : last_.sites)
+        if (site.ok && !site.seg.empty())
+          o << "fedrad_site_mean_dice{" << study << ",site=\"" << label(site.site_id) << "\"} "
+            << value(site.seg.mean_dice_all()) << "\n";
+    } else {
+      o << "# HELP fedrad_site_auc Validation AUC of the global model at each site (last round).\n"
+           "# TYPE fedrad_site_auc gauge\n";
+      for (const auto& site : last_.sites)
+        if (site.ok) o << "fedrad_site_auc{" << study << ",site=\"" << label(site.site_id) << "\"} " << value(site.eval.auc) << "\n";
+    }
     o << "# HELP fedrad_site_train_loss Local training loss of each site (last round).\n"
          "# TYPE fedrad_site_train_loss gauge\n";
     for (const auto& site : last_.sites)

@@ -1,6 +1,8 @@
 // A small read-only HTTP endpoint on 127.0.0.1 that shows a running study (`--status-port`):
 //   GET /status   JSON: study, round, rounds, sites, the last round's metrics, bytes, elapsed, ETA
 //   GET /metrics  the same numbers in Prometheus' text format (fedrad_round, fedrad_global_auc, ...)
+// Classification studies report AUC and accuracy; segmentation studies (round logs carrying Dice
+// sums) report mean Dice and Dice per structure instead (fedrad_global_mean_dice, ...).
 // Fed by the coordinator's round callback; requests are served on a thread of its own.
 #pragma once
 
@@ -49,6 +51,9 @@ class StatusServer {
   // After each round (and the final evaluation, evaluation_only = true).
   void on_round(const fed::RoundLog& log);
   void set_state(const std::string& state);  // "waiting for sites", "running", "done", "failed"
+  // Segmentation studies: the names of the scored structures (seg_structures), in the order of
+  // the Dice sums; without them structures are reported by index.
+  void set_seg_structures(std::vector<std::string> names);
 
   nlohmann::json status() const;
   std::string prometheus() const;
@@ -58,6 +63,7 @@ class StatusServer {
   std::string study_;
   int rounds_;
   std::vector<std::string> sites_;
+  std::vector<std::string> seg_structures_;
   std::string state_ = "waiting for sites";
   std::chrono::steady_clock::time_point start_;
   int rounds_done_ = 0;

@@ -239,6 +239,7 @@ class StudyRecorder {
       for (size_t i = 0; i < final_.sites.size() && i < summary["per_site"].size(); ++i)
         summary["per_site"][i]["segmentation"] = seg_scores_json(final_.sites[i].seg, config_);
     }
+    summary["secure_aggregation"] = config_.privacy.secure_aggregation;
     if (final_epsilon_ >= 0) summary["privacy"] = {{"epsilon", final_epsilon_}, {"delta", config_.privacy.delta},
                                                    {"client_clip", config_.privacy.client_clip},
                                                    {"client_noise_multiplier", config_.privacy.client_noise_multiplier}};
@@ -397,6 +398,9 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
   o.strategy.prox_mu = f.prox_mu;
   o.strategy.trim_fraction = f.trim_fraction;
   o.strategy.max_update_norm = f.max_update_norm;
+  o.secure_aggregation.enabled = config.privacy.secure_aggregation;
+  o.secure_aggregation.clip = config.privacy.secagg_clip;
+  o.secure_aggregation.threshold = static_cast<uint32_t>(config.privacy.secagg_threshold);
   // The round-1 global model: the config's architecture, initialised from the study seed.
   torch::manual_seed(config.seed);
   o.initial_weights = training::to_weights(*training::build_model(config));
@@ -424,6 +428,12 @@ Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir,
   std::unique_ptr<StatusServer> status;
   if (status_port > 0) {
     status = std::make_unique<StatusServer>(config.name, config.rounds, config.sites);
+    if (config.segmentation_task()) {
+      std::vector<std::string> names;
+      for (const auto& s : seg_structures(config.segmentation.labels, config.segmentation.brats_regions))
+        names.push_back(s.name);
+      status->set_seg_structures(std::move(names));
+    }
     FEDRAD_RETURN_IF_ERROR(status->start(status_port).status());
   }
   StudyRecorder recorder(config, out_dir, status.get());
@@ -619,6 +629,7 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
   o.heartbeat_s = config.federation.heartbeat_s;
   o.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  o.secure_aggregation = config.privacy.secure_aggregation;
   FEDRAD_ASSIGN_OR_RETURN(o.keys, site_keys(config, site_id));
   o.audit_log = !audit_log.empty()
                     ? audit_log

@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -201,6 +202,8 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.train.momentum >= 0 && c.train.momentum < 1, c, "train.momentum", "must be in [0, 1)"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.weight_decay >= 0, c, "train.weight_decay", "must be >= 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.threads >= 0, c, "train.threads", "must be >= 0"));
+  FEDRAD_RETURN_IF_ERROR(check(!(c.train.keep_optimizer_state && c.privacy.dp_sgd), c, "train.keep_optimizer_state",
+                               "cannot be used with privacy.dp_sgd (DP-SGD's optimiser starts fresh each round)"));
   FEDRAD_RETURN_IF_ERROR(check(c.train.device == "cpu" || c.train.device.rfind("cuda", 0) == 0, c, "train.device",
                                "must be cpu, cuda or cuda:N"));
   const FederationConfig& fc = c.federation;
@@ -254,8 +257,30 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(!(pv.dp_sgd || pv.client_clip > 0) || c.model.norm != "batch", c, "model.norm",
                                "must be group or instance with differential privacy (batch norm mixes samples and its "
                                "running statistics are not clipped)"));
-  FEDRAD_RETURN_IF_ERROR(check(!pv.secure_aggregation, c, "privacy.secure_aggregation",
-                               "is not yet supported by the live protocol (federation/secagg.h is a library only)"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.secagg_clip > 0 && std::isfinite(pv.secagg_clip), c, "privacy.secagg_clip",
+                               "must be > 0"));
+  FEDRAD_RETURN_IF_ERROR(check(pv.secagg_threshold == 0 ||
+                                   (pv.secagg_threshold >= 2 &&
+                                    (c.sites.empty() || pv.secagg_threshold <= static_cast<int>(c.sites.size()))),
+                               c, "privacy.secagg_threshold", "must be 0 (automatic) or in 2..the number of sites"));
+  if (pv.secure_aggregation) {
+    // The coordinator learns only sum n_i delta_i and sum n_i: whatever needs one site's update is out.
+    FEDRAD_RETURN_IF_ERROR(check(!one_of(fc.strategy, {"median", "trimmed_mean"}), c, "federation.strategy",
+                                 "cannot be " + fc.strategy +
+                                     " with privacy.secure_aggregation: true (it needs every site's update; the "
+                                     "coordinator only learns their weighted sum): use fedavg, fedprox, fedbn, fedavgm, "
+                                     "fedadam, fedyogi or fedadagrad"));
+    FEDRAD_RETURN_IF_ERROR(check(fc.max_update_norm == 0, c, "federation.max_update_norm",
+                                 "must be 0 with privacy.secure_aggregation: true (the coordinator never sees one "
+                                 "site's update to bound it; privacy.secagg_clip and privacy.client_clip bound updates "
+                                 "at the sites)"));
+    FEDRAD_RETURN_IF_ERROR(check(one_of(fc.upstream_codec, {"zstd", "none"}), c, "federation.upstream_codec",
+                                 "must be zstd or none with privacy.secure_aggregation: true (sites send a masked "
+                                 "fixed-point vector, uniform mod 2^32: lossy stages would break the masks and nothing "
+                                 "compresses it)"));
+    FEDRAD_RETURN_IF_ERROR(check(c.sites.empty() || (c.sites.size() >= 2 && c.sites.size() <= 255), c, "sites",
+                                 "secure aggregation needs 2..255 sites (one site's sum is its update)"));
+  }
   std::set<std::string> names;
   for (const auto& s : c.sites) {
     FEDRAD_RETURN_IF_ERROR(check(!s.empty() && s.find('/') == std::string::npos, c, "sites",
@@ -309,6 +334,7 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       t.get("lr_schedule", &c.train.lr_schedule);
       t.get("momentum", &c.train.momentum);
       t.get("weight_decay", &c.train.weight_decay);
+      t.get("keep_optimizer_state", &c.train.keep_optimizer_state);
       t.get("threads", &c.train.threads);
       t.get("device", &c.train.device);
       t.finish();
@@ -348,6 +374,8 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       p.get("sample_noise_multiplier", &c.privacy.sample_noise_multiplier);
       p.get("delta", &c.privacy.delta);
       p.get("secure_aggregation", &c.privacy.secure_aggregation);
+      p.get("secagg_clip", &c.privacy.secagg_clip);
+      p.get("secagg_threshold", &c.privacy.secagg_threshold);
       p.finish();
     }
     {
@@ -408,6 +436,7 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "lr_schedule" << YAML::Value << c.train.lr_schedule;
   e << YAML::Key << "momentum" << YAML::Value << c.train.momentum;
   e << YAML::Key << "weight_decay" << YAML::Value << c.train.weight_decay;
+  e << YAML::Key << "keep_optimizer_state" << YAML::Value << c.train.keep_optimizer_state;
   e << YAML::Key << "threads" << YAML::Value << c.train.threads;
   e << YAML::Key << "device" << YAML::Value << c.train.device;
   e << YAML::EndMap;
@@ -443,6 +472,8 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "sample_noise_multiplier" << YAML::Value << c.privacy.sample_noise_multiplier;
   e << YAML::Key << "delta" << YAML::Value << c.privacy.delta;
   e << YAML::Key << "secure_aggregation" << YAML::Value << c.privacy.secure_aggregation;
+  e << YAML::Key << "secagg_clip" << YAML::Value << c.privacy.secagg_clip;
+  e << YAML::Key << "secagg_threshold" << YAML::Value << c.privacy.secagg_threshold;
   e << YAML::EndMap;
   if (c.segmentation_task()) {
     const SegmentationConfig& g = c.segmentation;

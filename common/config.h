@@ -39,6 +39,10 @@ struct TrainConfig {
   std::string lr_schedule = "constant";
   double momentum = 0.9;       // sgd only
   double weight_decay = 0.0001;
+  // Federated sites keep their optimiser state (Adam's moments, SGD's momentum) from one round to
+  // the next instead of starting a fresh optimiser each round; the weights still come from the
+  // global model. Not with privacy.dp_sgd (its optimiser is its own).
+  bool keep_optimizer_state = false;
   int threads = 0;             // intra-op threads per process; 0 = all cores (shared out in simulate)
   std::string device = "cpu";  // cpu | cuda | cuda:N
 };
@@ -89,7 +93,11 @@ struct PrivacyConfig {
   double sample_clip = 1.0;
   double sample_noise_multiplier = 1.0;
   double delta = 1e-5;                 // epsilon is reported at this delta
-  bool secure_aggregation = false;     // federation/secagg.h; not yet carried by the live protocol
+  // Secure aggregation in the live protocol (federation/secagg.h, federation.h
+  // SecureAggregationOptions): the coordinator learns only the sample-weighted sum of the updates.
+  bool secure_aggregation = false;
+  double secagg_clip = 4;              // per-coordinate bound on a site's update (fixed-point range)
+  int secagg_threshold = 0;            // shares needed to unmask; 0 = parties - parties/3 (at least 2)
 };
 
 // Segmentation studies (task: segmentation; training/segmentation.h). A site's split holds a

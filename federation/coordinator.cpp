@@ -14,6 +14,7 @@
 #include "federation/codec.h"
 #include "federation/detail/net.h"
 #include "federation/federation.h"
+#include "federation/secagg.h"
 #include "federation/wire.h"
 
 namespace fedrad::fed {
@@ -22,6 +23,13 @@ namespace {
 using detail::Clock;
 using detail::printable;
 using wire::MessageType;
+
+// A failing Status inside a function that returns something else: hand it to `on_error`.
+#define FEDRAD_RETURN_IF_ERROR_AS(expr, on_error)  \
+  do {                                             \
+    Status _st = (expr);                           \
+    if (!_st.ok()) return on_error(_st.message()); \
+  } while (0)
 
 constexpr const char* kSender = "coordinator";
 // Long enough for SHUTDOWN to leave the host, short enough that a vanished site cannot hold up
@@ -218,6 +226,31 @@ class Coordinator {
     if (!up.ok()) return invalid_argument("coordinator: upstream codec: " + up.status().message());
     auto down = CodecSpec::parse(opt_.downstream_codec);
     if (!down.ok()) return invalid_argument("coordinator: downstream codec: " + down.status().message());
+    if (opt_.secure_aggregation.enabled) FEDRAD_RETURN_IF_ERROR(validate_secure_aggregation(*up));
+    return ok_status();
+  }
+
+  // What secure aggregation cannot do: the coordinator only ever learns the weighted sum.
+  Status validate_secure_aggregation(const CodecSpec& up) const {
+    const SecureAggregationOptions& sa = opt_.secure_aggregation;
+    const std::string& s = opt_.strategy.name;
+    if (s == "median" || s == "trimmed_mean")
+      return invalid_argument("coordinator: strategy " + s +
+                              " needs every site's update, which secure aggregation hides (only their sum is "
+                              "recovered); use fedavg, fedprox, fedbn, fedavgm, fedadam, fedyogi or fedadagrad");
+    if (opt_.strategy.max_update_norm > 0)
+      return invalid_argument("coordinator: max_update_norm bounds each site's update, which secure aggregation "
+                              "hides; bound updates at the sites (secure aggregation clip, client DP clip)");
+    if (!up.plain())
+      return invalid_argument("coordinator: upstream codec '" + up.to_string() +
+                              "' cannot carry masked updates (secure aggregation sends its own fixed-point vector)");
+    if (opt_.expected_sites.size() < 2 || opt_.expected_sites.size() > wire::kMaxSecAggParties)
+      return invalid_argument("coordinator: secure aggregation needs 2.." + std::to_string(wire::kMaxSecAggParties) +
+                              " sites, not " + std::to_string(opt_.expected_sites.size()));
+    if (!(sa.clip > 0) || !std::isfinite(sa.clip)) return invalid_argument("coordinator: secure aggregation clip must be > 0");
+    if (sa.threshold == 1 || sa.threshold > opt_.expected_sites.size())
+      return invalid_argument("coordinator: secure aggregation threshold " + std::to_string(sa.threshold) +
+                              " is not in 2.." + std::to_string(opt_.expected_sites.size()) + " (0 = automatic)");
     return ok_status();
   }
 
@@ -599,6 +632,80 @@ class Coordinator {
     return enc;
   }
 
+
+  // Called for each awaited reply; a non-ok Status refuses it (logged) and takes the site out of
+  // what is being awaited (it sent something unusable for this step of the round).
+  using Take = std::function<Status(size_t site, Incoming&& in)>;
+
+  // Waits for the replies of the pending sites (one of `reply_types`, for `round`) and hands each
+  // to `take`, until none is pending (answered, silent for heartbeat_misses periods, restarted: its
+  // log gets kIoError) or `deadline` passed. Everything else that arrives is refused and logged.
+  Status await_replies(uint32_t round, const std::vector<MessageType>& reply_types, Clock::time_point deadline,
+                       std::vector<bool>& pending, size_t& num_pending, std::vector<SiteRoundLog>& logs,
+                       const Take& take) {
+    const size_t n = pending.size();
+    const double silence_s = opt_.heartbeat_s * opt_.heartbeat_misses;
+    while (num_pending > 0) {
+      // Wake up at least once per heartbeat period to notice sites that went silent.
+      const auto slice = std::min(deadline, detail::deadline_after(opt_.heartbeat_s));
+      FEDRAD_ASSIGN_OR_RETURN(std::optional<Incoming> in, receive(slice));
+      for (size_t i = 0; i < n; ++i) {
+        if (pending[i] && detail::seconds_since(sites_[i].last_seen) > silence_s) {
+          log_->warn("round {}: site '{}' silent for {:.1f} s (missed heartbeats): going on without it", round,
+                     sites_[i].site_id, detail::seconds_since(sites_[i].last_seen));
+          pending[i] = false;
+          --num_pending;
+        }
+      }
+      if (!in) {
+        if (Clock::now() >= deadline) break;
+        continue;
+      }
+      const wire::Message& m = in->message;
+      if (m.type() == MessageType::kJoin) {
+        const long again = handle_join(*in);
+        if (again >= 0 && pending[static_cast<size_t>(again)]) {
+          log_->warn("round {}: site '{}' restarted during the round; it takes part again from the next one", round,
+                     in->identity);
+          logs[static_cast<size_t>(again)].error_code = code_of(StatusCode::kIoError);
+          pending[static_cast<size_t>(again)] = false;
+          --num_pending;
+        }
+        continue;
+      }
+      const Peer* peer = find_site(in->identity);
+      const bool in_round = peer >= sites_.data() && peer < sites_.data() + n;
+      std::string why;
+      if (!in_round) {
+        why = "site joined after the round started";
+      } else if (m.study != opt_.study) {
+        why = "study '" + printable(m.study) + "'";
+      } else if (std::find(reply_types.begin(), reply_types.end(), m.type()) == reply_types.end()) {
+        why = std::string("unexpected ") + wire::message_type_name(m.type());
+      } else if (m.round != round) {
+        why = "round " + std::to_string(m.round) + " (late or early)";
+      }
+      const size_t i = in_round ? static_cast<size_t>(peer - sites_.data()) : 0;
+      if (why.empty() && !pending[i]) why = "already answered, or not waited for any more";
+      if (!why.empty()) {
+        refuse(in->identity, "round " + std::to_string(round) + ": dropped " + wire::message_type_name(m.type()) + ": " + why);
+        continue;
+      }
+      pending[i] = false;
+      --num_pending;
+      const std::string type = wire::message_type_name(m.type());
+      Status taken = take(i, std::move(*in));
+      if (!taken.ok()) {
+        logs[i].error_code = code_of(taken.code());
+        refuse(sites_[i].site_id, "round " + std::to_string(round) + ": refused " + type + ": " + taken.message());
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (pending[i]) log_->warn("round {}: site '{}' missed the deadline", round, sites_[i].site_id);
+    }
+    return ok_status();
+  }
+
   // Handles one site's reply as it arrives: fills in its log and evaluation; returns whether the
   // site decoded the model it was sent.
   using ReplyHandler = std::function<bool(size_t site, wire::Message&& reply, SiteRoundLog& log, EvalReport& eval)>;
@@ -607,8 +714,9 @@ class Coordinator {
   // downstream copy) and hands each site's `reply_type` for the same round to `on_reply` as it
   // arrives, until every site answered, was found dead (missed heartbeats, or restarted), or the
   // round deadline passed.
-  StatusOr<Exchange> exchange(wire::Message instruction, MessageType reply_type, wire::Message* resync,
-                              const ReplyHandler& on_reply) {
+  StatusOr<Exchange> exchange(wire::Message instruction, std::vector<MessageType> reply_types, wire::Message* resync,
+                              const ReplyHandler& on_reply,
+                              std::optional<Clock::time_point> round_deadline = std::nullopt) {
     const uint32_t round = instruction.round;
     const size_t n = sites_.size();
     Exchange ex;
@@ -648,66 +756,246 @@ class Coordinator {
     }
     resync_enc.reset();
 
-    const auto deadline = detail::deadline_after(opt_.round_timeout_s);
-    const double silence_s = opt_.heartbeat_s * opt_.heartbeat_misses;
-    while (num_pending > 0) {
-      // Wake up at least once per heartbeat period to notice sites that went silent.
-      const auto slice = std::min(deadline, detail::deadline_after(opt_.heartbeat_s));
-      FEDRAD_ASSIGN_OR_RETURN(std::optional<Incoming> in, receive(slice));
-      for (size_t i = 0; i < n; ++i) {
-        if (pending[i] && detail::seconds_since(sites_[i].last_seen) > silence_s) {
-          log_->warn("round {}: site '{}' silent for {:.1f} s (missed heartbeats): going on without it", round,
-                     sites_[i].site_id, detail::seconds_since(sites_[i].last_seen));
-          pending[i] = false;
-          --num_pending;
-        }
-      }
-      if (!in) {
-        if (Clock::now() >= deadline) break;
-        continue;
-      }
-      const wire::Message& m = in->message;
-      if (m.type() == MessageType::kJoin) {
-        const long again = handle_join(*in);
-        if (again >= 0 && pending[static_cast<size_t>(again)]) {
-          log_->warn("round {}: site '{}' restarted during the round; it takes part again from the next one", round,
-                     in->identity);
-          ex.logs[static_cast<size_t>(again)].error_code = code_of(StatusCode::kIoError);
-          pending[static_cast<size_t>(again)] = false;
-          --num_pending;
-        }
-        continue;
-      }
-      const Peer* peer = find_site(in->identity);
-      const bool in_round = peer >= sites_.data() && peer < sites_.data() + n;
-      std::string why;
-      if (!in_round) {
-        why = "site joined after the round started";
-      } else if (m.study != opt_.study) {
-        why = "study '" + printable(m.study) + "'";
-      } else if (m.type() != reply_type) {
-        why = std::string("unexpected ") + wire::message_type_name(m.type());
-      } else if (m.round != round) {
-        why = "round " + std::to_string(m.round) + " (late or early)";
-      }
-      const size_t i = in_round ? static_cast<size_t>(peer - sites_.data()) : 0;
-      if (why.empty() && !pending[i]) why = "already answered, or not waited for any more";
-      if (!why.empty()) {
-        refuse(in->identity, "round " + std::to_string(round) + ": dropped " + wire::message_type_name(m.type()) + ": " + why);
-        continue;
-      }
-      pending[i] = false;
-      --num_pending;
-      ex.answered[i] = true;
-      ex.logs[i].bytes_up = in->wire_size;
-      ex.logs[i].raw_bytes_up = raw_as_plain(in->message, in->raw_size);
-      ex.logs[i].error_code = 0;
-      ex.holds_copy[i] = on_reply(i, std::move(in->message), ex.logs[i], ex.evals[i]);
-    }
-    for (size_t i = 0; i < n; ++i) {
-      if (pending[i]) log_->warn("round {}: site '{}' missed the deadline", round, sites_[i].site_id);
-    }
+    const Clock::time_point deadline = round_deadline ? *round_deadline : detail::deadline_after(opt_.round_timeout_s);
+    FEDRAD_RETURN_IF_ERROR(await_replies(round, reply_types, deadline, pending, num_pending, ex.logs,
+                                         [&](size_t i, Incoming&& in) -> Status {
+                                           ex.answered[i] = true;
+                                           ex.logs[i].bytes_up += in.wire_size;
+                                           ex.logs[i].raw_bytes_up += raw_as_plain(in.message, in.raw_size);
+                                           ex.logs[i].error_code = 0;
+                                           ex.holds_copy[i] = on_reply(i, std::move(in.message), ex.logs[i], ex.evals[i]);
+                                           return ok_status();
+                                         }));
     return ex;
+  }
+
+  // ---- secure aggregation (federation/secagg.h; the message flow is in wire.h) ------------------
+
+  bool send_to_site(size_t i, wire::Message m, SiteRoundLog& log) {
+    auto enc = encode_next(m);
+    if (!enc.ok()) {
+      log_->error("cannot encode {} for '{}': {}", wire::message_type_name(m.type()), sites_[i].site_id,
+                  enc.status().to_string());
+      return false;
+    }
+    if (!send_encoded(sites_[i].routing_id, m, enc->bytes)) return false;
+    log.bytes_down += enc->bytes.size();
+    log.raw_bytes_down += enc->raw_size;
+    return true;
+  }
+
+  // One step of secure aggregation: make(party) goes to each party still in; each one's reply of
+  // `reply_type` goes to take(party, reply). A party that answers with a failure (FIT_RES with a
+  // status), sends something take() refuses, goes silent or misses the deadline is out (in[p] false).
+  Status secagg_step(uint32_t round, const std::vector<size_t>& site_of, std::vector<bool>& in,
+                     MessageType reply_type, Clock::time_point deadline, Exchange& ex,
+                     const std::function<wire::Body(uint32_t)>& make,
+                     const std::function<Status(uint32_t, wire::Message&&)>& take) {
+    const size_t n = sites_.size();
+    std::vector<bool> pending(n, false);
+    size_t num_pending = 0;
+    std::vector<long> party_of(n, -1);
+    std::vector<bool> answered(site_of.size(), false);
+    for (uint32_t p = 0; p < site_of.size(); ++p) {
+      party_of[site_of[p]] = p;
+      if (!in[p]) continue;
+      const size_t i = site_of[p];
+      if (!send_to_site(i, make_message(opt_.study, round, make(p)), ex.logs[i])) {
+        in[p] = false;
+        ex.logs[i].error_code = code_of(StatusCode::kIoError);
+        continue;
+      }
+      // Its silence counts from this request: while the previous step waited for a straggler
+      // this site had nothing to say (it sends heartbeats only while it trains).
+      sites_[i].last_seen = Clock::now();
+      pending[i] = true;
+      ++num_pending;
+    }
+    FEDRAD_RETURN_IF_ERROR(await_replies(
+        round, {reply_type, MessageType::kFitRes}, deadline, pending, num_pending, ex.logs,
+        [&](size_t i, Incoming&& inc) -> Status {
+          ex.logs[i].bytes_up += inc.wire_size;
+          ex.logs[i].raw_bytes_up += inc.raw_size;
+          if (party_of[i] < 0) return invalid_argument("not a party of this round's secure aggregation");
+          const uint32_t p = static_cast<uint32_t>(party_of[i]);
+          if (auto* f = std::get_if<wire::FitRes>(&inc.message.body)) {
+            if (f->status == 0) return invalid_argument("an update in the clear during secure aggregation (dropped unread)");
+            log_->warn("round {}: site '{}' left secure aggregation with {} ({})", round, sites_[i].site_id, f->status,
+                       status_code_name(static_cast<StatusCode>(f->status)));
+            ex.logs[i].error_code = static_cast<int>(f->status);
+            return ok_status();
+          }
+          Status st = take(p, std::move(inc.message));
+          if (st.ok()) answered[p] = true;
+          return st;
+        }));
+    for (uint32_t p = 0; p < site_of.size(); ++p) {
+      if (!in[p] || answered[p]) continue;
+      in[p] = false;
+      SiteRoundLog& log = ex.logs[site_of[p]];
+      if (log.error_code == 0) log.error_code = code_of(StatusCode::kTimeout);
+    }
+    return ok_status();
+  }
+
+  static size_t count(const std::vector<bool>& v) { return static_cast<size_t>(std::count(v.begin(), v.end(), true)); }
+  static std::vector<uint8_t> flags(const std::vector<bool>& v) { return std::vector<uint8_t>(v.begin(), v.end()); }
+
+  // Phases 2-4 after the sites that trained advertised their keys (keys[i]): key list, shares
+  // relayed, masked inputs, unmasking. Returns the sample-weighted mean model (global + sum n_i
+  // delta_i / sum n_i) as one result for the strategy, not ok when the sum cannot be recovered;
+  // in_sum[i]: site i's input is in it. The coordinator never sees a site's update.
+  SiteResult secure_aggregate(uint32_t round, const Weights& global, const std::vector<std::optional<secagg::Key>>& keys,
+                              Exchange& ex, Clock::time_point deadline, std::vector<bool>* in_sum) {
+    SiteResult out;
+    out.site_id = "secure-aggregate";
+    out.error_code = code_of(StatusCode::kUnsupported);
+    in_sum->assign(sites_.size(), false);
+    const SecureAggregationOptions& sa = opt_.secure_aggregation;
+    auto fail = [&](const std::string& why) {
+      log_->error("round {}: secure aggregation failed: {}", round, why);
+      return out;
+    };
+    // Parties: the sites that trained and advertised a key, in site order.
+    std::vector<size_t> site_of;
+    secagg::Params params;
+    std::vector<secagg::Key> party_keys;
+    uint64_t weight_cap = 1;
+    for (size_t i = 0; i < sites_.size(); ++i) {
+      if (!keys[i]) continue;
+      site_of.push_back(i);
+      party_keys.push_back(*keys[i]);
+      weight_cap = std::max<uint64_t>(weight_cap, sites_[i].num_train);
+    }
+    const uint32_t parties = static_cast<uint32_t>(site_of.size());
+    if (parties < 2) return fail(std::to_string(parties) + " site(s) advertised keys; at least 2 are needed");
+    const uint32_t threshold = std::max<uint32_t>(2, sa.threshold ? sa.threshold : parties - parties / 3);
+    if (threshold > parties)
+      return fail(std::to_string(parties) + " sites advertised keys, fewer than the threshold " + std::to_string(threshold));
+    params.parties = parties;
+    params.threshold = threshold;
+    params.dim = static_cast<uint32_t>(num_values(global) + 1);  // the update, then the weight
+    params.round = round;
+    // The sum of every party's clipped, weighted values must fit in int32.
+    const double bound = static_cast<double>(parties) * static_cast<double>(weight_cap);
+    if (bound >= 2147483647.0) return fail("weight cap " + std::to_string(weight_cap) + " x parties overflows int32");
+    const double scale = std::exp2(std::floor(std::log2(2147483647.0 / (bound * sa.clip))));
+    if (!(scale >= 1)) return fail("clip " + std::to_string(sa.clip) + " x weight cap leaves no fixed-point precision");
+    log_->info("round {}: secure aggregation over {} parties, threshold {}, {} values, scale 2^{}", round, parties,
+               threshold, params.dim, static_cast<int>(std::log2(scale)));
+
+    secagg::SecAggServer server(params);
+    server.set_public_keys(party_keys);
+    std::vector<bool> in(parties, true);
+
+    // Key list -> encrypted shares for every other party.
+    std::vector<std::vector<wire::SecAggBox>> sent(parties);  // by sender: boxes addressed to others
+    FEDRAD_RETURN_IF_ERROR_AS(secagg_step(
+        round, site_of, in, MessageType::kSecAggShares, deadline, ex,
+        [&](uint32_t p) -> wire::Body {
+          wire::SecAggKeyList list;
+          list.party = p;
+          list.threshold = threshold;
+          list.dim = params.dim;
+          list.scale = scale;
+          list.clip = sa.clip;
+          list.weight_cap = weight_cap;
+          list.keys = party_keys;
+          return list;
+        },
+        [&](uint32_t p, wire::Message&& m) -> Status {
+          auto& b = std::get<wire::SecAggShares>(m.body);
+          if (b.party != p) return invalid_argument("names party " + std::to_string(b.party) + ", it is party " + std::to_string(p));
+          if (b.boxes.size() != parties - 1)
+            return invalid_argument(std::to_string(b.boxes.size()) + " share boxes for " + std::to_string(parties - 1) +
+                                    " other parties");
+          for (const wire::SecAggBox& x : b.boxes)
+            if (x.party >= parties) return invalid_argument("a share box for party " + std::to_string(x.party) + " of " + std::to_string(parties));
+          sent[p] = std::move(b.boxes);
+          return ok_status();
+        }), fail);
+    const std::vector<bool> shared = in;
+    if (count(shared) < threshold)
+      return fail(std::to_string(count(shared)) + " parties shared their keys, " + std::to_string(threshold) + " needed");
+    server.set_shared(shared);
+
+    // Relayed shares -> masked inputs.
+    FEDRAD_RETURN_IF_ERROR_AS(secagg_step(
+        round, site_of, in, MessageType::kSecAggMasked, deadline, ex,
+        [&](uint32_t p) -> wire::Body {
+          wire::SecAggRelay relay;
+          relay.party = p;
+          relay.shared = flags(shared);
+          for (uint32_t v = 0; v < parties; ++v) {
+            if (!shared[v] || v == p) continue;
+            for (const wire::SecAggBox& x : sent[v])
+              if (x.party == p) relay.boxes.push_back(wire::SecAggBox{v, x.box});
+          }
+          return relay;
+        },
+        [&](uint32_t p, wire::Message&& m) -> Status {
+          auto& b = std::get<wire::SecAggMasked>(m.body);
+          if (b.party != p) return invalid_argument("names party " + std::to_string(b.party) + ", it is party " + std::to_string(p));
+          if (b.values.size() != params.dim)
+            return invalid_argument("a masked vector of " + std::to_string(b.values.size()) + " values, expected " +
+                                    std::to_string(params.dim));
+          const size_t i = site_of[p];
+          if (opt_.on_masked_input) opt_.on_masked_input(sites_[i].site_id, round, b.values);
+          FEDRAD_RETURN_IF_ERROR(server.add_masked_input(p, std::move(b.values)));
+          ex.logs[i].train_loss = b.train_loss;
+          ex.logs[i].train_seconds = b.train_seconds;
+          ex.evals[i] = std::move(b.eval);
+          return ok_status();
+        }), fail);
+    sent.clear();
+    const std::vector<bool> sent_input = in;
+    if (count(sent_input) < threshold)
+      return fail(std::to_string(count(sent_input)) + " masked inputs arrived, " + std::to_string(threshold) + " needed");
+
+    // Unmasking: b-shares of the parties whose input is in, sk-shares of those that dropped.
+    FEDRAD_RETURN_IF_ERROR_AS(secagg_step(
+        round, site_of, in, MessageType::kSecAggUnmaskRes, deadline, ex,
+        [&](uint32_t p) -> wire::Body { return wire::SecAggUnmask{p, flags(sent_input)}; },
+        [&](uint32_t p, wire::Message&& m) -> Status {
+          auto& b = std::get<wire::SecAggUnmaskRes>(m.body);
+          if (b.party != p) return invalid_argument("names party " + std::to_string(b.party) + ", it is party " + std::to_string(p));
+          secagg::UnmaskResponse r;
+          r.from = p;
+          for (wire::SecAggShareOf& x : b.self_mask) {
+            if (x.of >= parties || !sent_input[x.of]) return invalid_argument("a self-mask share of party " + std::to_string(x.of) + ", whose input is not in");
+            r.self_mask_of.push_back(x.of);
+            r.self_mask_shares.push_back(std::move(x.share));
+          }
+          for (wire::SecAggShareOf& x : b.secret_key) {
+            if (x.of >= parties || sent_input[x.of] || !shared[x.of])
+              return invalid_argument("a key share of party " + std::to_string(x.of) + ", which did not drop out");
+            r.secret_key_of.push_back(x.of);
+            r.secret_key_shares.push_back(std::move(x.share));
+          }
+          return server.add_unmask_response(std::move(r));
+        }), fail);
+    auto sum = server.finish();
+    if (!sum.ok()) return fail(sum.status().message());
+    const uint32_t total = (*sum)[params.dim - 1];  // sum n_i: below parties x weight_cap < 2^31
+    if (total == 0 || total > bound) return fail("the recovered weight " + std::to_string(total) + " is out of range");
+    out.fit.weights = global;
+    size_t k = 0;
+    const double per = 1.0 / (scale * static_cast<double>(total));
+    for (TensorRecord& t : out.fit.weights)
+      for (float& v : t.data) v = static_cast<float>(static_cast<double>(v) + static_cast<int32_t>((*sum)[k++]) * per);
+    out.ok = true;
+    out.error_code = 0;
+    out.fit.num_examples = total;
+    double loss = 0;
+    for (uint32_t p = 0; p < parties; ++p) {
+      if (!sent_input[p]) continue;
+      (*in_sum)[site_of[p]] = true;
+      loss += ex.logs[site_of[p]].train_loss;
+    }
+    out.fit.train_loss = loss / static_cast<double>(count(sent_input));
+    log_->info("round {}: secure aggregation recovered the sum of {} of {} parties ({} examples)", round,
+               count(sent_input), parties, total);
+    return out;
   }
 
   // ---- rounds --------------------------------------------------------------------------------
@@ -721,6 +1009,9 @@ class Coordinator {
     ins.settings.round = round;
     ins.settings.seed = opt_.settings.seed * 1000003ull + round;
     strategy_->configure_round(&ins.settings);
+    const bool secure = opt_.secure_aggregation.enabled;
+    ins.settings.secure_aggregation = secure;
+    const auto deadline = detail::deadline_after(opt_.round_timeout_s);
     FEDRAD_ASSIGN_OR_RETURN(Downstream down, prepare_downstream(global, ins.settings.seed));
     std::optional<wire::Message> resync;
     if (down.update.present()) {
@@ -738,11 +1029,26 @@ class Coordinator {
     // Streaming: each update is decoded and handed to the strategy as it arrives, then dropped.
     size_t num_ok = 0;
     std::vector<bool> reported(sites_.size(), false);
+    std::vector<std::optional<secagg::Key>> keys(sites_.size());  // secure aggregation: who takes part
     auto on_reply = [&](size_t i, wire::Message&& reply, SiteRoundLog& log, EvalReport& eval) -> bool {
+      if (auto* k = std::get_if<wire::SecAggKeys>(&reply.body)) {
+        keys[i] = k->public_key;  // trained; its update stays at the site until masked
+        return true;
+      }
       auto& res = std::get<wire::FitRes>(reply.body);
       reported[i] = true;
       SiteResult r;
       r.site_id = sites_[i].site_id;
+      if (secure && res.status == 0) {
+        // Never used, not even decoded into a model: this study aggregates masked inputs only.
+        res = wire::FitRes{};
+        r.error_code = code_of(StatusCode::kInvalidArgument);
+        log.error_code = r.error_code;
+        refuse(r.site_id, "round " + std::to_string(round) +
+                              ": dropped a FIT_RES carrying an update: this study runs secure aggregation");
+        accumulate(round, std::move(r));
+        return true;
+      }
       if (res.status != 0) {
         r.error_code = static_cast<int>(res.status);
         log.error_code = r.error_code;
@@ -769,10 +1075,38 @@ class Coordinator {
       return true;
     };
     wire::Message instruction = make_message(opt_.study, round, std::move(ins));
-    FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(std::move(instruction), MessageType::kFitRes,
-                                                  resync ? &*resync : nullptr, on_reply));
+    std::vector<MessageType> replies = {MessageType::kFitRes};
+    if (secure) replies.push_back(MessageType::kSecAggKeys);
+    FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(std::move(instruction), replies, resync ? &*resync : nullptr,
+                                                  on_reply, deadline));
     resync.reset();
     commit_downstream(std::move(down), ex);
+    if (secure) {
+      std::vector<bool> in_sum;
+      SiteResult sum = secure_aggregate(round, global, keys, ex, deadline, &in_sum);
+      for (size_t i = 0; i < sites_.size(); ++i) {
+        if (!keys[i]) continue;
+        reported[i] = true;
+        if (sum.ok && in_sum[i]) {
+          ex.logs[i].ok = true;
+          ex.logs[i].error_code = 0;
+          continue;
+        }
+        SiteResult r;
+        r.site_id = sites_[i].site_id;
+        r.error_code = ex.logs[i].error_code ? ex.logs[i].error_code : sum.error_code;
+        ex.logs[i].error_code = r.error_code;
+        accumulate(round, std::move(r));
+      }
+      if (sum.ok) {
+        const size_t parties = static_cast<size_t>(std::count(in_sum.begin(), in_sum.end(), true));
+        if (accumulate(round, std::move(sum))) {
+          num_ok += parties;
+        } else {
+          for (size_t i = 0; i < sites_.size(); ++i) ex.logs[i].ok = false;
+        }
+      }
+    }
     // Sites that did not answer reach the strategy as failures too.
     for (size_t i = 0; i < sites_.size(); ++i) {
       if (reported[i]) continue;
@@ -879,7 +1213,7 @@ class Coordinator {
       return true;
     };
     FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(make_message(opt_.study, round, std::move(ins)),
-                                                  MessageType::kEvalRes, resync ? &*resync : nullptr, on_reply));
+                                                  {MessageType::kEvalRes}, resync ? &*resync : nullptr, on_reply));
     const Weights final_weights = down.next_copy;
     commit_downstream(std::move(down), ex);
     RoundLog log = build_log(round, true, std::move(ex.logs), ex.evals, start);

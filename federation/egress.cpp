@@ -74,6 +74,15 @@ Status EgressGuard::admit(const wire::Message& m, const Weights* reference) cons
         if constexpr (std::is_same_v<T, wire::Join> || std::is_same_v<T, wire::EvalRes> ||
                       std::is_same_v<T, wire::Heartbeat>) {
           return ok_status();  // numbers only
+        } else if constexpr (std::is_same_v<T, wire::SecAggKeys> || std::is_same_v<T, wire::SecAggShares> ||
+                             std::is_same_v<T, wire::SecAggUnmaskRes>) {
+          // Secure aggregation: a public key, sealed boxes of Shamir shares for other sites, shares
+          // for the unmasking; fixed-size bytes and indices, no text.
+          return ok_status();
+        } else if constexpr (std::is_same_v<T, wire::SecAggMasked>) {
+          // The masked fixed-point vector (uniform mod 2^32 without the other sites' masks) and the
+          // same numbers as a FIT_RES: loss, seconds, evaluation histogram.
+          return ok_status();
         } else if constexpr (std::is_same_v<T, wire::FitRes>) {
           if (!body.weights.empty() && body.update.present()) return refuse(m, "both weights and an update");
           FEDRAD_RETURN_IF_ERROR(check_weights(m, body.weights, reference));

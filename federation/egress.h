@@ -2,7 +2,8 @@
 // and handed to the socket (federation/site.cpp calls nothing else to send).
 //
 // What may leave is decided by a whitelist, not by looking for PHI: only the message types a site
-// sends in the protocol (JOIN, HEARTBEAT, FIT_RES, EVAL_RES), whose bodies are numbers (counts, losses,
+// sends in the protocol (JOIN, HEARTBEAT, FIT_RES, EVAL_RES, and with secure aggregation
+// SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_UNMASK_RES), whose bodies are numbers (counts, losses,
 // histograms, status codes, float weights or an encoded update's bytes). The only strings on the
 // wire are the header's study and sender, which must equal the ids the guard was configured with
 // and match kSafeIdPattern, tensor names, which must equal those of the model the site received

@@ -49,6 +49,21 @@ struct RoundSettings {
   // Set by the strategy (StrategyConfig), carried to the sites so that they follow it:
   double prox_mu = 0;       // FedProx: local loss + prox_mu/2 * ||w - w_global||^2; 0 = off
   bool keep_local_norm = false;  // FedBN: normalisation layers stay local (the site's own copy)
+  // Secure aggregation this round (the coordinator's privacy.secure_aggregation): the site keeps
+  // its update and takes part in the SECAGG_* phases instead of sending it in FIT_RES.
+  bool secure_aggregation = false;
+};
+
+// Secure aggregation in the live protocol (federation/secagg.h; wire.h SECAGG_*). After local
+// training each site masks [n_i * clip(delta_i), n_i] in fixed point (delta_i: its weights minus
+// the model it received, clipped per coordinate; n_i: its example count, capped at the largest
+// count a party announced at JOIN), so the coordinator recovers sum n_i delta_i and sum n_i of the
+// parties whose input arrived, and nothing about any one site. The fixed-point scale is the
+// largest power of two for which the sum of all parties cannot overflow int32.
+struct SecureAggregationOptions {
+  bool enabled = false;
+  double clip = 4;         // per-coordinate bound on a site's update
+  uint32_t threshold = 0;  // shares needed to unmask; 0 = parties - parties / 3 (at least 2)
 };
 
 // A site's evaluation of a model on its validation split.
@@ -221,6 +236,11 @@ struct CoordinatorOptions {
   std::string upstream_codec = "zstd";
   std::string downstream_codec = "zstd";
   StrategyConfig strategy;          // aggregation (make_strategy)
+  // Secure aggregation: the coordinator never holds a site's update; only strategies that work on
+  // the sample-weighted mean are allowed (not median, trimmed_mean or max_update_norm).
+  SecureAggregationOptions secure_aggregation;
+  // Tests and audits: each masked vector as the coordinator received it (site, round, values).
+  std::function<void(const std::string& site, uint32_t round, const std::vector<uint32_t>& masked)> on_masked_input;
   Weights initial_weights;          // the round-1 global model (the app builds it from the config)
   // Called after each round's aggregation with the log and the new global weights (the app saves
   // the model and metrics here); the last call has evaluation_only = true and the final weights.
@@ -251,6 +271,12 @@ struct SiteOptions {
   // Tamper-evident log of every message sent and received (federation/audit.h); "" = none. The
   // app passes <out>/audit-<site>.log.
   std::string audit_log;
+  // This site's update leaves only masked (secure aggregation): a FIT_INS that does not ask for
+  // secure aggregation is answered with a failure, never with the update.
+  bool secure_aggregation = false;
+  // Tests only: after sending a message of this type (wire::MessageType as a number; 0 = never)
+  // the site stops at once, as if killed: no more messages, not even heartbeats.
+  uint16_t vanish_after = 0;
 };
 
 // Joins the study and serves the coordinator until SHUTDOWN. A failed fit or evaluation is

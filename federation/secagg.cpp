@@ -38,8 +38,9 @@ uint8_t gf_div(uint8_t a, uint8_t b) {  // b != 0
 
 bool init_sodium() { return sodium_init() >= 0; }
 
-constexpr size_t kShareLen = 32;
+constexpr size_t kShareLen = kShareBytes;
 constexpr size_t kPlainLen = 8 + 2 * kShareLen;
+static_assert(kShareBoxBytes == crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + kPlainLen);
 
 void put_u32(std::vector<uint8_t>& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -197,6 +198,14 @@ SecAggClient::SecAggClient(const Params& p, uint32_t index) : p_(p), index_(inde
   crypto_scalarmult_base(pk_.data(), sk_.data());
 }
 
+Status SecAggClient::bind(const Params& p, uint32_t index) {
+  if (!public_keys_.empty()) return invalid_argument("secagg: parameters bound after the keys were shared");
+  if (p.parties < 1 || index >= p.parties) return invalid_argument("secagg: party index outside the party count");
+  p_ = p;
+  index_ = index;
+  return ok_status();
+}
+
 StatusOr<std::vector<EncryptedShares>> SecAggClient::share_keys(const std::vector<Key>& public_keys) {
   if (public_keys.size() != p_.parties || public_keys[index_] != pk_)
     return invalid_argument("secagg: the key list does not hold this party's key at its index");
@@ -233,8 +242,28 @@ StatusOr<std::vector<EncryptedShares>> SecAggClient::share_keys(const std::vecto
 }
 
 StatusOr<std::vector<uint32_t>> SecAggClient::masked_input(const std::vector<uint32_t>& input,
-                                                           const std::vector<EncryptedShares>& received) {
+                                                           const std::vector<EncryptedShares>& received,
+                                                           const std::vector<bool>& shared_in) {
   if (public_keys_.empty()) return invalid_argument("secagg: masked_input before share_keys");
+  if (masked_) return invalid_argument("secagg: a second masked input in one round");
+  const std::vector<bool> shared = shared_in.empty() ? std::vector<bool>(p_.parties, true) : shared_in;
+  if (shared.size() != p_.parties || !shared[index_])
+    return invalid_argument("secagg: the sharing parties do not include this party");
+  uint32_t num_shared = 0;
+  for (bool b : shared) num_shared += b ? 1 : 0;
+  if (num_shared < p_.effective_threshold())
+    return invalid_argument("secagg: " + std::to_string(num_shared) + " parties shared their keys, " +
+                            std::to_string(p_.effective_threshold()) + " needed");
+  {
+    std::vector<bool> got(p_.parties, false);
+    for (const auto& e : received) {
+      if (e.from >= p_.parties || got[e.from] || !shared[e.from]) return corrupt("secagg: shares from an unexpected party");
+      got[e.from] = true;
+    }
+    for (uint32_t v = 0; v < p_.parties; ++v)
+      if (v != index_ && shared[v] && !got[v])
+        return corrupt("secagg: no shares from party " + std::to_string(v) + " although it is marked as sharing");
+  }
   if (input.size() != p_.dim) return invalid_argument("secagg: input of " + std::to_string(input.size()) +
                                                       " values, expected " + std::to_string(p_.dim));
   for (const auto& e : received) {
@@ -255,8 +284,9 @@ StatusOr<std::vector<uint32_t>> SecAggClient::masked_input(const std::vector<uin
   }
   std::vector<uint32_t> y = input;
   add_into(y, prg(self_seed_, p_.round, p_.dim), false);
+  masked_ = true;
   for (uint32_t v = 0; v < p_.parties; ++v) {
-    if (v == index_) continue;
+    if (v == index_ || !shared[v]) continue;
     FEDRAD_ASSIGN_OR_RETURN(Key s, pair_seed(sk_, pk_, public_keys_[v], "fedrad-secagg-mask"));
     add_into(y, prg(s, p_.round, p_.dim), /*subtract=*/v < index_);
   }
@@ -340,7 +370,12 @@ StatusOr<std::vector<uint32_t>> SecAggServer::finish() {
   };
   std::vector<bool> is_alive(p_.parties, false);
   for (uint32_t u : alive) is_alive[u] = true;
+  const std::vector<bool> shared = shared_.empty() ? std::vector<bool>(p_.parties, true) : shared_;
+  if (shared.size() != p_.parties) return invalid_argument("secagg: sharing flags of the wrong size");
+  for (uint32_t u : alive)
+    if (!shared[u]) return invalid_argument("secagg: an input from party " + std::to_string(u) + ", which shared no keys");
   for (uint32_t u = 0; u < p_.parties; ++u) {
+    if (!is_alive[u] && !shared[u]) continue;  // never shared keys: no masks with it anywhere
     if (is_alive[u]) {
       FEDRAD_ASSIGN_OR_RETURN(auto b, shamir_combine(collect(u, true), static_cast<int>(t)));
       Key seed;

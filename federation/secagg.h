@@ -18,9 +18,11 @@
 // With t = n - floor(n/3) the sum is recovered when up to a third of the sites drop out.
 //
 // This file is the protocol's steps as plain classes (SecAggClient per site, SecAggServer at the
-// coordinator) and an in-process driver (run_secure_aggregation). It is not yet carried by the
-// live coordinator/site protocol (see README's privacy section). Honest-but-curious server model:
-// no signatures on key advertisements, no consistency round.
+// coordinator) and an in-process driver (run_secure_aggregation). The live protocol carries them
+// over the coordinator's sockets (privacy.secure_aggregation; wire.h SECAGG_* messages,
+// coordinator.cpp and site.cpp). A party that never shares its keys is left out of the pairwise
+// masks (`shared`), as in Bonawitz et al.'s U2. Honest-but-curious server model: no signatures
+// on key advertisements, no consistency round.
 //
 // Neither class is thread-safe; one instance per party and round.
 #pragma once
@@ -35,6 +37,12 @@
 namespace fedrad::fed::secagg {
 
 using Key = std::array<uint8_t, 32>;
+
+// Bytes of one Shamir share of a 32-byte secret, and of the sealed box that carries a pair of
+// them (sk share and b share) from one party to another: nonce (24) + MAC (16) + from, to (8) +
+// two shares.
+inline constexpr size_t kShareBytes = 32;
+inline constexpr size_t kShareBoxBytes = 24 + 16 + 8 + 2 * kShareBytes;
 
 // ---- Shamir secret sharing, byte-wise over GF(2^8) (x = party index + 1, so at most 255 parties).
 struct Share {
@@ -97,11 +105,17 @@ class SecAggClient {
   SecAggClient(const Params& p, uint32_t index);
   // Phase 1: the public key to advertise.
   const Key& public_key() const { return pk_; }
+  // Live protocol: the keys are advertised before the parties are known; the coordinator's key
+  // list then fixes the parameters and this party's index. Only before share_keys.
+  Status bind(const Params& p, uint32_t index);
   // Phase 2: given every party's public key (index order), shares for every other party.
   StatusOr<std::vector<EncryptedShares>> share_keys(const std::vector<Key>& public_keys);
-  // Phase 3: given the shares relayed to this party, the masked input (dim values).
+  // Phase 3: given the shares relayed to this party, the masked input (dim values). `shared`
+  // (by party; empty = all) names the parties that shared their keys: pairwise masks are added
+  // with those only, and `received` must hold exactly one box from each of them.
   StatusOr<std::vector<uint32_t>> masked_input(const std::vector<uint32_t>& input,
-                                               const std::vector<EncryptedShares>& received);
+                                               const std::vector<EncryptedShares>& received,
+                                               const std::vector<bool>& shared = {});
   // Phase 4: shares that let the coordinator unmask the sum (and nothing more).
   StatusOr<UnmaskResponse> unmask(const UnmaskRequest& request);
 
@@ -112,12 +126,15 @@ class SecAggClient {
   std::vector<Key> public_keys_;
   std::vector<Share> sk_shares_, b_shares_;  // held for others, by party index (x = 0: none)
   bool answered_ = false;
+  bool masked_ = false;
 };
 
 class SecAggServer {
  public:
   explicit SecAggServer(const Params& p) : p_(p) {}
   void set_public_keys(std::vector<Key> keys) { keys_ = std::move(keys); }
+  // By party: which ones shared their keys (masked_input's `shared`); default: all.
+  void set_shared(std::vector<bool> shared) { shared_ = std::move(shared); }
   // Records the masked input of `from` (dim values).
   Status add_masked_input(uint32_t from, std::vector<uint32_t> y);
   UnmaskRequest unmask_request() const;
@@ -129,6 +146,7 @@ class SecAggServer {
  private:
   Params p_;
   std::vector<Key> keys_;
+  std::vector<bool> shared_;
   std::vector<std::vector<uint32_t>> inputs_;  // by party; empty = none
   std::vector<UnmaskResponse> responses_;
 };

@@ -19,6 +19,7 @@
 #include "federation/detail/net.h"
 #include "federation/egress.h"
 #include "federation/federation.h"
+#include "federation/secagg.h"
 #include "federation/wire.h"
 
 namespace fedrad::fed {
@@ -261,6 +262,13 @@ class SiteRunner {
       bool done = false;
       FEDRAD_RETURN_IF_ERROR(dispatch(*m, &done));
       if (done) return ok_status();
+      if (vanished_) {
+        // What was sent still leaves (a crash after the send returned), nothing more does.
+        std::lock_guard<std::mutex> lock(socket_mu_);
+        socket_.set(zmq::sockopt::linger, 2000);
+        return io_error("site '" + opt_.site_id + "' stopped after sending " +
+                        wire::message_type_name(static_cast<MessageType>(opt_.vanish_after)) + " (vanish_after, tests)");
+      }
     }
   }
 
@@ -311,6 +319,12 @@ class SiteRunner {
         log_->info("coordinator ended the study (reason {})", std::get<wire::Shutdown>(m.body).reason);
         *done = true;
         return ok_status();
+      case MessageType::kSecAggKeyList:
+        return on_key_list(m.round, std::get<wire::SecAggKeyList>(m.body));
+      case MessageType::kSecAggRelay:
+        return on_relay(m.round, std::get<wire::SecAggRelay>(m.body));
+      case MessageType::kSecAggUnmask:
+        return on_unmask(m.round, std::get<wire::SecAggUnmask>(m.body));
       default:
         log_->warn("ignored unexpected {}", wire::message_type_name(m.type()));
         return ok_status();
@@ -345,10 +359,16 @@ class SiteRunner {
       std::atomic<uint32_t>& r;
       ~Idle() { r = 0; }
     } idle{working_round_};
+    secagg_.reset();
+    if (opt_.secure_aggregation && !ins.settings.secure_aggregation)
+      return reply_fit_failure(round, "sending the update",
+                               invalid_argument("this site sends its update only under secure aggregation "
+                                                "(privacy.secure_aggregation), and the coordinator did not ask for it"));
     auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
     if (!eval.ok()) return reply_fit_failure(round, "evaluation", eval.status());
     auto fit = call_learner([&] { return learner_.fit(ins.weights, ins.settings); });
     if (!fit.ok()) return reply_fit_failure(round, "training", fit.status());
+    if (ins.settings.secure_aggregation) return begin_secagg(round, std::move(fit).value(), std::move(eval).value());
 
     wire::FitRes res;
     res.num_examples = fit->num_examples;
@@ -371,6 +391,147 @@ class SiteRunner {
     FEDRAD_RETURN_IF_ERROR(sent);
     log_->info("round {}: trained on {} examples, loss {:.4f}, {:.1f} s", round, fit->num_examples,
                fit->train_loss, detail::seconds_since(start));
+    return ok_status();
+  }
+
+  // ---- secure aggregation (federation/secagg.h; the message flow is in wire.h) ------------------
+  // The update stays here, unquantised, until the coordinator's key list fixes the fixed-point
+  // scale; only the masked vector leaves.
+
+  struct SecAggState {
+    uint32_t round = 0;
+    std::unique_ptr<secagg::SecAggClient> client;
+    std::vector<float> delta;  // the trained weights minus the model received, flattened
+    uint64_t num_examples = 0;
+    double train_loss = 0, train_seconds = 0;
+    EvalReport eval;
+    wire::SecAggKeyList list;  // parameters, once the key list came (keys dropped)
+    bool listed = false;
+    size_t parties = 0;
+  };
+
+  Status begin_secagg(uint32_t round, FitReport fit, EvalReport eval) {
+    Status compatible = check_compatible(copy_, fit.weights);
+    if (!compatible.ok()) return reply_fit_failure(round, "secure aggregation: the trained model", compatible);
+    SecAggState st;
+    st.round = round;
+    st.delta.reserve(static_cast<size_t>(num_values(copy_)));
+    for (size_t t = 0; t < copy_.size(); ++t)
+      for (size_t i = 0; i < copy_[t].data.size(); ++i)
+        st.delta.push_back(static_cast<float>(static_cast<double>(fit.weights[t].data[i]) - copy_[t].data[i]));
+    st.num_examples = fit.num_examples;
+    st.train_loss = fit.train_loss;
+    st.train_seconds = fit.train_seconds;
+    st.eval = std::move(eval);
+    secagg::Params p;
+    p.round = round;
+    st.client = std::make_unique<secagg::SecAggClient>(p, 0);
+    const secagg::Key pk = st.client->public_key();
+    secagg_ = std::move(st);
+    FEDRAD_RETURN_IF_ERROR(send(round, wire::SecAggKeys{pk}));
+    log_->info("round {}: trained on {} examples, loss {:.4f}; update kept here for secure aggregation", round,
+               fit.num_examples, fit.train_loss);
+    return ok_status();
+  }
+
+  // A step that cannot go on: the coordinator gets the code (the site is out of this round's sum).
+  Status secagg_failure(uint32_t round, const char* what, const Status& error) {
+    secagg_.reset();
+    return reply_fit_failure(round, what, error);
+  }
+
+  // Messages of another round or out of order are skipped (logged): the coordinator may have
+  // moved on without this site.
+  SecAggState* secagg_for(uint32_t round, const char* what) {
+    if (!secagg_ || secagg_->round != round) {
+      log_->warn("ignored {} for round {}: no secure aggregation under way for it", what, round);
+      return nullptr;
+    }
+    return &*secagg_;
+  }
+
+  Status on_key_list(uint32_t round, wire::SecAggKeyList& list) {
+    SecAggState* st = secagg_for(round, "SECAGG_KEY_LIST");
+    if (st == nullptr) return ok_status();
+    if (st->listed) return secagg_failure(round, "secure aggregation", invalid_argument("a second key list"));
+    if (list.dim != st->delta.size() + 1)
+      return secagg_failure(round, "secure aggregation",
+                            invalid_argument("the key list asks for " + std::to_string(list.dim) + " values, the model has " +
+                                             std::to_string(st->delta.size()) + " + 1"));
+    secagg::Params p;
+    p.parties = static_cast<uint32_t>(list.keys.size());
+    p.threshold = list.threshold;
+    p.dim = list.dim;
+    p.round = round;
+    Status bound = st->client->bind(p, list.party);
+    if (!bound.ok()) return secagg_failure(round, "secure aggregation", bound);
+    auto boxes = st->client->share_keys(list.keys);
+    if (!boxes.ok()) return secagg_failure(round, "secure aggregation: sharing keys", boxes.status());
+    wire::SecAggShares out;
+    out.party = list.party;
+    for (secagg::EncryptedShares& e : *boxes) out.boxes.push_back(wire::SecAggBox{e.to, std::move(e.nonce_and_box)});
+    st->parties = list.keys.size();
+    list.keys.clear();
+    st->list = std::move(list);
+    st->listed = true;
+    return send(round, std::move(out));
+  }
+
+  Status on_relay(uint32_t round, const wire::SecAggRelay& relay) {
+    SecAggState* st = secagg_for(round, "SECAGG_RELAY");
+    if (st == nullptr) return ok_status();
+    const wire::SecAggKeyList& l = st->list;
+    if (!st->listed || relay.party != l.party || relay.shared.size() != st->parties)
+      return secagg_failure(round, "secure aggregation", invalid_argument("a relay that does not match the key list"));
+    std::vector<secagg::EncryptedShares> received;
+    for (const wire::SecAggBox& b : relay.boxes) received.push_back(secagg::EncryptedShares{b.party, l.party, b.box});
+    const std::vector<bool> shared(relay.shared.begin(), relay.shared.end());
+    // [n * clip(delta), n] in fixed point; n as an integer (its own scale), capped as announced.
+    const uint64_t n = std::min<uint64_t>(st->num_examples, l.weight_cap);
+    if (n < st->num_examples)
+      log_->warn("round {}: weight {} capped at {} (the largest training count announced)", round, st->num_examples, n);
+    std::vector<uint32_t> input(l.dim);
+    size_t clipped = 0;
+    for (size_t j = 0; j < st->delta.size(); ++j) {
+      const double d = st->delta[j];
+      const double c = std::clamp(d, -l.clip, l.clip);
+      clipped += c != d ? 1 : 0;
+      input[j] = static_cast<uint32_t>(static_cast<int32_t>(std::llround(c * static_cast<double>(n) * l.scale)));
+    }
+    input[l.dim - 1] = static_cast<uint32_t>(n);
+    if (clipped > 0)
+      log_->warn("round {}: {} of {} update values clipped to +-{} for secure aggregation", round, clipped,
+                 st->delta.size(), l.clip);
+    std::vector<float>().swap(st->delta);
+    auto masked = st->client->masked_input(input, received, shared);
+    if (!masked.ok()) return secagg_failure(round, "secure aggregation: masking", masked.status());
+    wire::SecAggMasked out;
+    out.party = l.party;
+    out.train_loss = st->train_loss;
+    out.train_seconds = st->train_seconds;
+    out.eval = st->eval;
+    out.values = std::move(masked).value();
+    return send(round, std::move(out));
+  }
+
+  Status on_unmask(uint32_t round, const wire::SecAggUnmask& req) {
+    SecAggState* st = secagg_for(round, "SECAGG_UNMASK");
+    if (st == nullptr) return ok_status();
+    if (!st->listed || req.party != st->list.party || req.sent_input.size() != st->parties)
+      return secagg_failure(round, "secure aggregation", invalid_argument("an unmask request that does not match the key list"));
+    secagg::UnmaskRequest r;
+    r.sent_input.assign(req.sent_input.begin(), req.sent_input.end());
+    auto res = st->client->unmask(r);
+    if (!res.ok()) return secagg_failure(round, "secure aggregation: unmasking", res.status());
+    wire::SecAggUnmaskRes out;
+    out.party = st->list.party;
+    for (size_t k = 0; k < res->self_mask_of.size(); ++k)
+      out.self_mask.push_back(wire::SecAggShareOf{res->self_mask_of[k], res->self_mask_shares[k]});
+    for (size_t k = 0; k < res->secret_key_of.size(); ++k)
+      out.secret_key.push_back(wire::SecAggShareOf{res->secret_key_of[k], res->secret_key_shares[k]});
+    secagg_.reset();
+    FEDRAD_RETURN_IF_ERROR(send(round, std::move(out)));
+    log_->info("round {}: secure aggregation done (unmasking shares sent)", round);
     return ok_status();
   }
 
@@ -430,8 +591,10 @@ class SiteRunner {
                                                            socket_.send(zmq::buffer(frame), zmq::send_flags::none);
                                                            return true;
                                                          }));
-    return audit_.record("out", wire::message_type_name(m.type()), round, enc.bytes.data(), enc.bytes.size(),
-                         enc.raw_size);
+    FEDRAD_RETURN_IF_ERROR(audit_.record("out", wire::message_type_name(m.type()), round, enc.bytes.data(),
+                                         enc.bytes.size(), enc.raw_size));
+    if (opt_.vanish_after != 0 && static_cast<uint16_t>(m.type()) == opt_.vanish_after) vanished_ = true;
+    return ok_status();
   }
 
   Learner& learner_;
@@ -460,6 +623,8 @@ class SiteRunner {
   Weights copy_;            // the global model as last received (reference of deltas both ways)
   ErrorFeedback feedback_;  // upstream residual, across rounds
   EgressGuard egress_;      // every outgoing message passes here
+  std::optional<SecAggState> secagg_;  // this round's secure aggregation, while under way
+  bool vanished_ = false;   // SiteOptions::vanish_after (tests)
   AuditLog audit_;          // what crossed the boundary, hash-chained
 };
 

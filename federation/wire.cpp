@@ -118,7 +118,7 @@ void put_settings(Writer& w, const RoundSettings& s) {
   w.f64(s.lr);
   w.u64(s.seed);
   w.f64(s.prox_mu);
-  w.u8(s.keep_local_norm ? 1 : 0);
+  w.u8((s.keep_local_norm ? 1 : 0) | (s.secure_aggregation ? 2 : 0));
 }
 
 // Segmentation scores: u32 structures | u64 cases | per structure f64 dice_sum | f64 hd95_sum |
@@ -146,11 +146,23 @@ Status put_eval(Writer& w, const EvalReport& e) {
                             std::to_string(h.pos.size()) + " positive bins");
   if (h.neg.size() > kMaxHistogramBins)
     return invalid_argument("histogram has more than " + std::to_string(kMaxHistogramBins) + " bins");
+  // Sparse: a validation split of a few hundred images fills a few hundred of the 1000 bins.
+  uint32_t entries = 0;
+  for (size_t i = 0; i < h.neg.size(); ++i) {
+    if (h.neg[i] > UINT32_MAX || h.pos[i] > UINT32_MAX)
+      return invalid_argument("histogram bin " + std::to_string(i) + " counts more than 2^32 - 1 scores");
+    entries += (h.neg[i] | h.pos[i]) != 0;
+  }
   w.u64(e.num_examples);
   w.f64(e.loss);
   w.u32(static_cast<uint32_t>(h.neg.size()));
-  for (uint64_t c : h.neg) w.u64(c);
-  for (uint64_t c : h.pos) w.u64(c);
+  w.u32(entries);
+  for (size_t i = 0; i < h.neg.size(); ++i) {
+    if ((h.neg[i] | h.pos[i]) == 0) continue;
+    w.u32(static_cast<uint32_t>(i));
+    w.u32(static_cast<uint32_t>(h.neg[i]));
+    w.u32(static_cast<uint32_t>(h.pos[i]));
+  }
   return put_seg(w, e.seg);
 }
 
@@ -203,6 +215,81 @@ struct BodyWriter {
     w.u64(b.bytes.size());
     w.bytes(b.bytes.data(), b.bytes.size());
     return ok_status();
+  }
+  Status operator()(const SecAggKeys& b) {
+    w.bytes(b.public_key.data(), b.public_key.size());
+    return ok_status();
+  }
+  Status operator()(const SecAggKeyList& b) {
+    if (b.keys.empty() || b.keys.size() > kMaxSecAggParties || b.party >= b.keys.size())
+      return invalid_argument("secure aggregation key list of " + std::to_string(b.keys.size()) + " parties for party " +
+                              std::to_string(b.party));
+    w.u32(b.party);
+    w.u32(b.threshold);
+    w.u32(b.dim);
+    w.f64(b.scale);
+    w.f64(b.clip);
+    w.u64(b.weight_cap);
+    w.u32(static_cast<uint32_t>(b.keys.size()));
+    for (const secagg::Key& k : b.keys) w.bytes(k.data(), k.size());
+    return ok_status();
+  }
+  Status put_boxes(const std::vector<SecAggBox>& boxes) {
+    if (boxes.size() > kMaxSecAggParties) return invalid_argument("more secure aggregation shares than parties");
+    w.u32(static_cast<uint32_t>(boxes.size()));
+    for (const SecAggBox& x : boxes) {
+      if (x.box.size() != secagg::kShareBoxBytes)
+        return invalid_argument("a secure aggregation share box of " + std::to_string(x.box.size()) + " bytes");
+      w.u32(x.party);
+      w.bytes(x.box.data(), x.box.size());
+    }
+    return ok_status();
+  }
+  Status put_flags(const std::vector<uint8_t>& flags) {
+    if (flags.empty() || flags.size() > kMaxSecAggParties) return invalid_argument("secure aggregation party flags");
+    w.u32(static_cast<uint32_t>(flags.size()));
+    for (uint8_t f : flags) w.u8(f ? 1 : 0);
+    return ok_status();
+  }
+  Status operator()(const SecAggShares& b) {
+    w.u32(b.party);
+    return put_boxes(b.boxes);
+  }
+  Status operator()(const SecAggRelay& b) {
+    w.u32(b.party);
+    FEDRAD_RETURN_IF_ERROR(put_flags(b.shared));
+    return put_boxes(b.boxes);
+  }
+  Status operator()(const SecAggMasked& b) {
+    w.u32(b.party);
+    w.f64(b.train_loss);
+    w.f64(b.train_seconds);
+    FEDRAD_RETURN_IF_ERROR(put_eval(w, b.eval));
+    w.u64(b.values.size());
+    for (uint32_t v : b.values) w.u32(v);
+    return ok_status();
+  }
+  Status operator()(const SecAggUnmask& b) {
+    w.u32(b.party);
+    return put_flags(b.sent_input);
+  }
+  Status put_shares(const std::vector<SecAggShareOf>& shares) {
+    if (shares.size() > kMaxSecAggParties) return invalid_argument("more secure aggregation shares than parties");
+    w.u32(static_cast<uint32_t>(shares.size()));
+    for (const SecAggShareOf& s : shares) {
+      if (s.share.y.size() != secagg::kShareBytes || s.share.x == 0)
+        return invalid_argument("a secure aggregation share of " + std::to_string(s.share.y.size()) + " bytes at x " +
+                                std::to_string(s.share.x));
+      w.u32(s.of);
+      w.u8(s.share.x);
+      w.bytes(s.share.y.data(), s.share.y.size());
+    }
+    return ok_status();
+  }
+  Status operator()(const SecAggUnmaskRes& b) {
+    w.u32(b.party);
+    FEDRAD_RETURN_IF_ERROR(put_shares(b.self_mask));
+    return put_shares(b.secret_key);
   }
 };
 
@@ -347,9 +434,10 @@ void read_settings(Reader& r, RoundSettings* s) {
   s->lr = r.f64();
   s->seed = r.u64();
   s->prox_mu = r.f64();
-  const uint8_t keep = r.u8();
-  if (keep > 1) return r.fail("keep_local_norm flag " + std::to_string(keep));
-  s->keep_local_norm = keep == 1;
+  const uint8_t flags = r.u8();
+  if (flags > 3) return r.fail("round settings flags " + std::to_string(flags));
+  s->keep_local_norm = (flags & 1) != 0;
+  s->secure_aggregation = (flags & 2) != 0;
   if (!std::isfinite(s->prox_mu) || s->prox_mu < 0) return r.fail("prox_mu is not a finite value >= 0");
 }
 
@@ -385,12 +473,190 @@ void read_eval(Reader& r, EvalReport* e) {
   if (!r.ok()) return;
   if (bins > kMaxHistogramBins)
     return r.fail("histogram bins " + std::to_string(bins) + " exceed " + std::to_string(kMaxHistogramBins));
-  if (!r.fits(uint64_t{bins} * 2, 8, "histogram")) return;
-  e->histogram.neg.resize(bins);
-  e->histogram.pos.resize(bins);
-  for (uint64_t& c : e->histogram.neg) c = r.u64();
-  for (uint64_t& c : e->histogram.pos) c = r.u64();
+  const uint32_t entries = r.u32();
+  if (!r.ok()) return;
+  if (entries > bins)
+    return r.fail("histogram has " + std::to_string(entries) + " entries for " + std::to_string(bins) + " bins");
+  if (!r.fits(entries, 12, "histogram")) return;
+  e->histogram.neg.assign(bins, 0);
+  e->histogram.pos.assign(bins, 0);
+  int64_t last = -1;
+  for (uint32_t j = 0; j < entries; ++j) {
+    const uint32_t bin = r.u32(), neg = r.u32(), pos = r.u32();
+    if (!r.ok()) return;
+    if (static_cast<int64_t>(bin) <= last || bin >= bins)
+      return r.fail("histogram entry " + std::to_string(j) + " names bin " + std::to_string(bin) +
+                    " (bins must increase and stay below " + std::to_string(bins) + ")");
+    if (neg == 0 && pos == 0) return r.fail("histogram entry " + std::to_string(j) + " is empty");
+    e->histogram.neg[bin] = neg;
+    e->histogram.pos[bin] = pos;
+    last = bin;
+  }
   read_seg(r, &e->seg);
+}
+
+// ---- secure aggregation bodies: sizes and indices checked here, the round's context by the receiver.
+
+void read_key(Reader& r, secagg::Key* k) {
+  const std::string b = r.blob(k->size(), "public key");
+  if (r.ok()) std::memcpy(k->data(), b.data(), k->size());
+}
+
+// u32 count | count x u8 (0/1); the count is a party count.
+void read_flags(Reader& r, std::vector<uint8_t>* flags, const char* what) {
+  const uint32_t n = r.u32();
+  if (!r.ok()) return;
+  if (n == 0 || n > kMaxSecAggParties)
+    return r.fail(std::string(what) + ": " + std::to_string(n) + " parties (1.." + std::to_string(kMaxSecAggParties) +
+                  ")");
+  if (!r.fits(n, 1, what)) return;
+  flags->resize(n);
+  for (uint8_t& f : *flags) {
+    f = r.u8();
+    if (f > 1) return r.fail(std::string(what) + ": a flag other than 0 or 1");
+  }
+}
+
+// Boxes addressed to (or from) distinct parties other than `party`, below `parties` when known.
+void read_boxes(Reader& r, uint32_t party, uint32_t parties, std::vector<SecAggBox>* boxes) {
+  const uint32_t n = r.u32();
+  if (!r.ok()) return;
+  if (n >= kMaxSecAggParties) return r.fail("secure aggregation: " + std::to_string(n) + " share boxes");
+  if (!r.fits(n, 4 + secagg::kShareBoxBytes, "share boxes")) return;
+  std::vector<bool> seen(kMaxSecAggParties, false);
+  boxes->resize(n);
+  for (SecAggBox& b : *boxes) {
+    b.party = r.u32();
+    const std::string bytes = r.blob(secagg::kShareBoxBytes, "share box");
+    if (!r.ok()) return;
+    if (b.party >= std::min(parties, kMaxSecAggParties) || b.party == party || seen[b.party])
+      return r.fail("secure aggregation: a share box names party " + std::to_string(b.party) +
+                    " (own index, out of range or repeated)");
+    seen[b.party] = true;
+    b.box.assign(bytes.begin(), bytes.end());
+  }
+}
+
+void read_share_list(Reader& r, std::vector<SecAggShareOf>* shares) {
+  const uint32_t n = r.u32();
+  if (!r.ok()) return;
+  if (n > kMaxSecAggParties) return r.fail("secure aggregation: " + std::to_string(n) + " shares");
+  if (!r.fits(n, 5 + secagg::kShareBytes, "shares")) return;
+  std::vector<bool> seen(kMaxSecAggParties, false);
+  shares->resize(n);
+  for (SecAggShareOf& s : *shares) {
+    s.of = r.u32();
+    s.share.x = r.u8();
+    const std::string y = r.blob(secagg::kShareBytes, "share");
+    if (!r.ok()) return;
+    if (s.of >= kMaxSecAggParties || seen[s.of] || s.share.x == 0)
+      return r.fail("secure aggregation: a share of party " + std::to_string(s.of) +
+                    " (out of range or repeated, or x = 0)");
+    seen[s.of] = true;
+    s.share.y.assign(y.begin(), y.end());
+  }
+}
+
+Body read_secagg_body(Reader& r, MessageType type) {
+  switch (type) {
+    case MessageType::kSecAggKeys: {
+      SecAggKeys b;
+      read_key(r, &b.public_key);
+      return b;
+    }
+    case MessageType::kSecAggKeyList: {
+      SecAggKeyList b;
+      b.party = r.u32();
+      b.threshold = r.u32();
+      b.dim = r.u32();
+      b.scale = r.f64();
+      b.clip = r.f64();
+      b.weight_cap = r.u64();
+      const uint32_t n = r.u32();
+      if (!r.ok()) return b;
+      if (n < 2 || n > kMaxSecAggParties || b.party >= n || b.threshold < 2 || b.threshold > n)
+        r.fail("secure aggregation key list: party " + std::to_string(b.party) + " of " + std::to_string(n) +
+               ", threshold " + std::to_string(b.threshold));
+      else if (!(std::isfinite(b.scale) && b.scale >= 1) || !(std::isfinite(b.clip) && b.clip > 0) || b.dim < 2 ||
+               b.weight_cap == 0)
+        r.fail("secure aggregation key list: scale, clip, dim or weight cap out of range");
+      else if (r.fits(n, 32, "public keys")) {
+        b.keys.resize(n);
+        for (secagg::Key& k : b.keys) read_key(r, &k);
+      }
+      return b;
+    }
+    case MessageType::kSecAggShares: {
+      SecAggShares b;
+      b.party = r.u32();
+      if (r.ok() && b.party >= kMaxSecAggParties) r.fail("secure aggregation: party index out of range");
+      read_boxes(r, b.party, kMaxSecAggParties, &b.boxes);
+      return b;
+    }
+    case MessageType::kSecAggRelay: {
+      SecAggRelay b;
+      b.party = r.u32();
+      read_flags(r, &b.shared, "shared flags");
+      if (!r.ok()) return b;
+      const uint32_t n = static_cast<uint32_t>(b.shared.size());
+      if (b.party >= n || !b.shared[b.party]) {
+        r.fail("secure aggregation relay: party " + std::to_string(b.party) + " is not a sharing party");
+        return b;
+      }
+      read_boxes(r, b.party, n, &b.boxes);
+      for (const SecAggBox& x : b.boxes)
+        if (r.ok() && !b.shared[x.party]) r.fail("secure aggregation relay: a box from a party marked as not sharing");
+      return b;
+    }
+    case MessageType::kSecAggMasked: {
+      SecAggMasked b;
+      b.party = r.u32();
+      b.train_loss = r.f64();
+      b.train_seconds = r.f64();
+      read_eval(r, &b.eval);
+      const uint64_t n = r.u64();
+      if (!r.ok()) return b;
+      if (b.party >= kMaxSecAggParties) {
+        r.fail("secure aggregation: party index out of range");
+        return b;
+      }
+      if (n > std::numeric_limits<uint32_t>::max()) {
+        r.fail("secure aggregation: a masked vector of " + std::to_string(n) + " values");
+        return b;
+      }
+      if (!r.fits(n, 4, "masked values")) return b;
+      b.values.resize(static_cast<size_t>(n));
+      for (uint32_t& v : b.values) v = r.u32();
+      return b;
+    }
+    case MessageType::kSecAggUnmask: {
+      SecAggUnmask b;
+      b.party = r.u32();
+      read_flags(r, &b.sent_input, "input flags");
+      if (r.ok() && (b.party >= b.sent_input.size() || !b.sent_input[b.party]))
+        r.fail("secure aggregation unmask request: party " + std::to_string(b.party) + " not among those with input");
+      return b;
+    }
+    case MessageType::kSecAggUnmaskRes: {
+      SecAggUnmaskRes b;
+      b.party = r.u32();
+      if (r.ok() && b.party >= kMaxSecAggParties) r.fail("secure aggregation: party index out of range");
+      read_share_list(r, &b.self_mask);
+      read_share_list(r, &b.secret_key);
+      if (!r.ok()) return b;
+      for (const SecAggShareOf& a : b.self_mask)
+        for (const SecAggShareOf& k : b.secret_key)
+          if (a.of == k.of) {
+            r.fail("secure aggregation: both shares of party " + std::to_string(a.of));
+            return b;
+          }
+      return b;
+    }
+    default:
+      break;
+  }
+  r.fail("unknown message type");
+  return JoinAck{};
 }
 
 Body read_body(Reader& r, MessageType type) {
@@ -456,6 +722,8 @@ Body read_body(Reader& r, MessageType type) {
       b.bytes = r.blob(n, "chunk");
       return b;
     }
+    default:
+      return read_secagg_body(r, type);
   }
   r.fail("unknown message type");
   return JoinAck{};
@@ -499,6 +767,20 @@ const char* message_type_name(MessageType type) {
       return "HEARTBEAT";
     case MessageType::kChunk:
       return "CHUNK";
+    case MessageType::kSecAggKeys:
+      return "SECAGG_KEYS";
+    case MessageType::kSecAggKeyList:
+      return "SECAGG_KEY_LIST";
+    case MessageType::kSecAggShares:
+      return "SECAGG_SHARES";
+    case MessageType::kSecAggRelay:
+      return "SECAGG_RELAY";
+    case MessageType::kSecAggMasked:
+      return "SECAGG_MASKED";
+    case MessageType::kSecAggUnmask:
+      return "SECAGG_UNMASK";
+    case MessageType::kSecAggUnmaskRes:
+      return "SECAGG_UNMASK_RES";
   }
   return "UNKNOWN";
 }
@@ -553,7 +835,7 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
     return unsupported("protocol version " + std::to_string(version) + " (this build speaks " +
                        std::to_string(kVersion) + ")");
   if (type < static_cast<uint16_t>(MessageType::kJoin) ||
-      type > static_cast<uint16_t>(MessageType::kChunk))
+      type > kLastMessageType)
     return corrupt("unknown message type " + std::to_string(type));
 
   Decoded out;

@@ -1,12 +1,13 @@
 // The byte layout of fedrad's federation messages (private to federation/).
 //
 // A message is one ZeroMQ frame:
-//   magic "FDRD" | u16 version (2) | u16 type | str study | u32 round | str sender |
+//   magic "FDRD" | u16 version (3) | u16 type | str study | u32 round | str sender |
 //   u64 sequence | u8 compression | body
 // `sequence` is the sender's message counter: it starts at the sender's start time in
 // nanoseconds since the epoch (so a restarted peer continues above its previous life) and grows
 // by one per frame sent. A receiver refuses a frame whose sequence is not above the last one it
-// took from that sender (a replay or a stale copy). Version 1 had no sequence.
+// took from that sender (a replay or a stale copy). Version 1 had no sequence; version 2 sent
+// score histograms dense and had no secure aggregation (and is refused, not misread).
 // The body alone is a zstd frame when compression == kZstd, so a receiver can route and refuse a
 // message (wrong study, wrong round) from the header without paying for the weights.
 // Integers are little-endian, doubles and floats travel as IEEE-754 bit patterns, a str is a u32
@@ -25,10 +26,30 @@
 //   HEARTBEAT u32 round (the round the sender is working on; 0 when idle)
 //   CHUNK     u64 transfer | u32 index | u32 count | u64 total | u64 length | length bytes
 //             (one piece of a larger encoded message; compression is always none)
+// Secure aggregation (federation/secagg.h; privacy.secure_aggregation), the four phases of one
+// round, after FIT_INS; `party` is the site's index among the round's parties:
+//   SECAGG_KEYS        site -> coordinator, after local training, in place of FIT_RES:
+//                      32 bytes X25519 public key
+//   SECAGG_KEY_LIST    coordinator -> each party: u32 party | u32 threshold | u32 dim |
+//                      f64 scale | f64 clip | u64 weight_cap | u32 parties | parties x 32 bytes
+//   SECAGG_SHARES      party -> coordinator: u32 party | u32 count |
+//                      count x (u32 to | kShareBoxBytes bytes sealed for `to`)
+//   SECAGG_RELAY       coordinator -> party: u32 party | u32 parties | parties x u8 shared (0/1) |
+//                      u32 count | count x (u32 from | kShareBoxBytes bytes)
+//   SECAGG_MASKED      party -> coordinator: u32 party | f64 train_loss | f64 train_seconds |
+//                      eval | u64 dim | dim x u32 (fixed point + masks, mod 2^32)
+//   SECAGG_UNMASK      coordinator -> party: u32 party | u32 parties | parties x u8 sent_input
+//   SECAGG_UNMASK_RES  party -> coordinator: u32 party | 2 x (u32 count | count x
+//                      (u32 of | u8 x | 32 bytes y)): self-mask shares, then secret-key shares
+// The decoder checks what one message can: party counts (<= kMaxSecAggParties), indices
+// within them, flags 0/1, box and share sizes, no duplicates; the receiver checks the rest
+// against the round (the party it assigned, the round's party count and vector size).
 // settings:  u32 round | u32 local_epochs | u32 batch_size | f64 lr | u64 seed | f64 prox_mu |
-//            u8 keep_local_norm (0/1)
+//            u8 flags (bit 0 keep_local_norm, bit 1 secure_aggregation; a peer without secure
+//            aggregation refuses bit 1 as corrupt rather than send its update in the clear)
 // eval:      u64 num_examples | f64 loss | histogram | seg
-// histogram: u32 bins | bins x u64 neg | bins x u64 pos
+// histogram: u32 bins | u32 entries | entries x (u32 bin | u32 neg | u32 pos), the non-empty
+//            bins only, in increasing order
 // seg:       u32 structures (0 for classification) | u64 cases |
 //            structures x (f64 dice_sum | f64 hd95_sum | u64 hd95_cases)
 // weights:   u32 count | count x (str name | u32 ndim | ndim x i64 dim | prod(dims) x f32)
@@ -53,11 +74,12 @@
 
 #include "common/status.h"
 #include "federation/federation.h"
+#include "federation/secagg.h"
 
 namespace fedrad::fed::wire {
 
 inline constexpr char kMagic[4] = {'F', 'D', 'R', 'D'};
-inline constexpr uint16_t kVersion = 2;
+inline constexpr uint16_t kVersion = 3;
 inline constexpr uint32_t kMaxStringBytes = 4096;
 inline constexpr uint32_t kMaxTensors = 1u << 16;
 inline constexpr uint32_t kMaxDims = 16;
@@ -77,7 +99,16 @@ enum class MessageType : uint16_t {
   kShutdown = 8,
   kHeartbeat = 9,
   kChunk = 10,
+  kSecAggKeys = 11,
+  kSecAggKeyList = 12,
+  kSecAggShares = 13,
+  kSecAggRelay = 14,
+  kSecAggMasked = 15,
+  kSecAggUnmask = 16,
+  kSecAggUnmaskRes = 17,
 };
+inline constexpr uint16_t kLastMessageType = 17;
+inline constexpr uint32_t kMaxSecAggParties = 255;  // Shamir over GF(2^8): x = 1..255
 const char* message_type_name(MessageType type);
 
 // Numbers, not text, so that nothing a site was told about itself leaks into logs elsewhere.
@@ -146,8 +177,57 @@ struct Chunk {
   std::string bytes;
 };
 
+// ---- secure aggregation (see the layout above)
+struct SecAggKeys {
+  secagg::Key public_key{};
+};
+struct SecAggKeyList {
+  uint32_t party = 0;       // the recipient's index in `keys`
+  uint32_t threshold = 0;   // shares needed to unmask (effective, never 0)
+  uint32_t dim = 0;         // values in a masked vector
+  double scale = 1;         // fixed point: a value v travels as round(v * scale)
+  double clip = 1;          // each update coordinate is clipped to [-clip, clip] first
+  uint64_t weight_cap = 1;  // a party's FedAvg weight (its example count) is capped at this
+  std::vector<secagg::Key> keys;  // by party
+};
+struct SecAggBox {
+  uint32_t party = 0;  // the recipient (SECAGG_SHARES) or the sender (SECAGG_RELAY)
+  std::vector<uint8_t> box;  // secagg::kShareBoxBytes
+};
+struct SecAggShares {
+  uint32_t party = 0;
+  std::vector<SecAggBox> boxes;
+};
+struct SecAggRelay {
+  uint32_t party = 0;
+  std::vector<uint8_t> shared;  // by party: 1 = it shared its keys (its masks are in the inputs)
+  std::vector<SecAggBox> boxes;
+};
+struct SecAggMasked {
+  uint32_t party = 0;
+  double train_loss = 0;
+  double train_seconds = 0;
+  EvalReport eval;               // of the global model the site received, as in FIT_RES
+  std::vector<uint32_t> values;  // the masked vector
+};
+struct SecAggUnmask {
+  uint32_t party = 0;
+  std::vector<uint8_t> sent_input;  // by party: 1 = its masked input is in the sum
+};
+struct SecAggShareOf {
+  uint32_t of = 0;  // the party whose secret this is a share of
+  secagg::Share share;
+};
+struct SecAggUnmaskRes {
+  uint32_t party = 0;
+  std::vector<SecAggShareOf> self_mask;   // for parties whose input is in
+  std::vector<SecAggShareOf> secret_key;  // for parties that shared keys but sent no input
+};
+
 // Alternatives in MessageType order: the type on the wire is the variant index + 1.
-using Body = std::variant<Join, JoinAck, Reject, FitIns, FitRes, EvalIns, EvalRes, Shutdown, Heartbeat, Chunk>;
+using Body = std::variant<Join, JoinAck, Reject, FitIns, FitRes, EvalIns, EvalRes, Shutdown, Heartbeat, Chunk,
+                          SecAggKeys, SecAggKeyList, SecAggShares, SecAggRelay, SecAggMasked, SecAggUnmask,
+                          SecAggUnmaskRes>;
 
 struct Message {
   std::string study;

@@ -84,6 +84,27 @@ std::set<std::string> norm_tensor_names(torch::nn::Module& module) {
   return names;
 }
 
+fed::Weights norm_tensors_of(torch::nn::Module& module, const fed::Weights& weights) {
+  const std::set<std::string> names = norm_tensor_names(module);
+  fed::Weights out;
+  for (const fed::TensorRecord& t : weights)
+    if (names.count(t.name)) out.push_back(t);
+  return out;
+}
+
+fed::Weights with_local_tensors(const fed::Weights& global, const fed::Weights& local) {
+  if (local.empty()) return global;
+  fed::Weights merged = global;
+  size_t j = 0;  // both lists are in the model's order
+  for (fed::TensorRecord& t : merged) {
+    if (j < local.size() && t.name == local[j].name && t.shape == local[j].shape) {
+      t.data = local[j].data;
+      ++j;
+    }
+  }
+  return merged;
+}
+
 std::string sidecar_path(const std::string& pt_path) {
   fs::path p(pt_path);
   return (p.parent_path() / (p.stem().string() + ".json")).string();

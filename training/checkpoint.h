@@ -44,6 +44,12 @@ Status load_weights(torch::nn::Module& module, const fed::Weights& weights);
 // (batch, group, instance and layer norm): what FedBN keeps local at each site.
 std::set<std::string> norm_tensor_names(torch::nn::Module& module);
 
+// FedBN at a site: the normalisation tensors of `weights` (as named by norm_tensor_names), and
+// `global` with the site's own copies of those tensors put back (global as is when `local` is
+// empty; a tensor whose name or shape differs is left global).
+fed::Weights norm_tensors_of(torch::nn::Module& module, const fed::Weights& weights);
+fed::Weights with_local_tensors(const fed::Weights& global, const fed::Weights& local);
+
 Status save_model(const std::string& pt_path, torch::nn::Module& model, const StudyConfig& config,
                   const ModelMeta& meta);
 

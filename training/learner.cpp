@@ -20,16 +20,7 @@ TorchLearner::TorchLearner(const StudyConfig& config, ImageSet train, ImageSet v
       model_(classifier_options(config)) {}
 
 fed::Weights TorchLearner::with_local_norm(const fed::Weights& global) const {
-  if (!keep_local_norm_ || local_norm_.empty()) return global;
-  fed::Weights merged = global;
-  size_t j = 0;
-  for (fed::TensorRecord& t : merged) {
-    if (j < local_norm_.size() && t.name == local_norm_[j].name && t.shape == local_norm_[j].shape) {
-      t.data = local_norm_[j].data;
-      ++j;
-    }
-  }
-  return merged;
+  return keep_local_norm_ ? with_local_tensors(global, local_norm_) : global;
 }
 
 StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed::RoundSettings& settings) {
@@ -59,16 +50,15 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
                 settings.round, dps.steps, dps.sample_rate, dp.noise_multiplier,
                 dp_accountant_.spent(config_.privacy.delta).epsilon, config_.privacy.delta);
     } else {
+      if (config_.train.keep_optimizer_state) {
+        if (!optimizer_) optimizer_ = make_optimizer(model_->parameters(), options);
+        options.kept_optimizer = optimizer_.get();
+      }
       stats = training::fit(model_, train_, options);
     }
     fed::FitReport report;
     report.weights = to_weights(*model_);
-    if (keep_local_norm_) {
-      const std::set<std::string> names = norm_tensor_names(*model_);
-      local_norm_.clear();
-      for (const fed::TensorRecord& t : report.weights)
-        if (names.count(t.name)) local_norm_.push_back(t);
-    }
+    if (keep_local_norm_) local_norm_ = norm_tensors_of(*model_, report.weights);
     report.num_examples = static_cast<uint64_t>(stats.samples);
     report.train_loss = stats.loss;
     report.train_seconds = stats.seconds;

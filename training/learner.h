@@ -9,6 +9,7 @@
 #include "federation/federation.h"
 #include "models/classifier.h"
 #include "training/dataset.h"
+#include "training/trainer.h"
 
 namespace fedrad::training {
 
@@ -31,9 +32,10 @@ class TorchLearner : public fed::Learner {
   ImageSet train_, val_;
   int site_index_;
   models::Classifier model_;
-  fed::dp::RdpAccountant dp_accountant_;
+  fed::dp::RdpAccountant dp_accountant_;  // DP-SGD's privacy spent at this site, across rounds
   bool keep_local_norm_ = false;  // set by the coordinator's strategy (FedBN) in each round
-  fed::Weights local_norm_;       // this site's normalisation parameters and statistics  // DP-SGD's privacy spent at this site, across rounds
+  fed::Weights local_norm_;       // this site's normalisation parameters and statistics
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;  // train.keep_optimizer_state: across rounds
 };
 
 }  // namespace fedrad::training

@@ -167,7 +167,9 @@ FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& opt
   std::vector<torch::Tensor> anchor;
   if (options.prox_mu > 0)
     for (const auto& p : params) anchor.push_back(p.detach().clone());
-  auto opt = make_optimizer(params, options.fit);
+  std::unique_ptr<torch::optim::Optimizer> fresh;
+  if (!options.fit.kept_optimizer) fresh = make_optimizer(params, options.fit);
+  torch::optim::Optimizer* opt = options.fit.kept_optimizer ? options.fit.kept_optimizer : fresh.get();
   std::mt19937_64 rng(options.fit.seed * 0x9E3779B97F4A7C15ull + 17);
   const int batch = std::max(1, options.fit.batch_size);
   const int64_t per_epoch = std::max<int64_t>(1, data.size() * options.patches_per_case);
@@ -310,7 +312,8 @@ SegLearner::SegLearner(const StudyConfig& config, SegSet train, SegSet val, int 
 
 StatusOr<fed::FitReport> SegLearner::fit(const fed::Weights& global, const fed::RoundSettings& settings) {
   try {
-    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    keep_local_norm_ = settings.keep_local_norm;
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, keep_local_norm_ ? with_local_tensors(global, local_norm_) : global));
     auto options = seg_fit_options_from(config_, static_cast<int>(settings.local_epochs),
                                         settings.seed * 7919 + static_cast<uint64_t>(site_index_));
     options.fit.batch_size = static_cast<int>(settings.batch_size);
@@ -324,9 +327,16 @@ StatusOr<fed::FitReport> SegLearner::fit(const fed::Weights& global, const fed::
     options.fit.on_epoch = [&](int epoch, double loss) {
       log->info("round {} epoch {}/{}: Dice+CE loss {:.4f}", settings.round, epoch + 1, settings.local_epochs, loss);
     };
+    if (config_.train.keep_optimizer_state) {
+      // load_weights copies into the same parameter tensors, so the optimiser's references and
+      // moments stay valid from round to round.
+      if (!optimizer_) optimizer_ = make_optimizer(model_->parameters(), options.fit);
+      options.fit.kept_optimizer = optimizer_.get();
+    }
     FitStats stats = fit_seg(model_, train_, options);
     fed::FitReport report;
     report.weights = to_weights(*model_);
+    if (keep_local_norm_) local_norm_ = norm_tensors_of(*model_, report.weights);
     report.num_examples = static_cast<uint64_t>(train_.size());
     report.train_loss = stats.loss;
     report.train_seconds = stats.seconds;
@@ -338,7 +348,7 @@ StatusOr<fed::FitReport> SegLearner::fit(const fed::Weights& global, const fed::
 
 StatusOr<fed::EvalReport> SegLearner::evaluate(const fed::Weights& global) {
   try {
-    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, global));
+    FEDRAD_RETURN_IF_ERROR(load_weights(*model_, keep_local_norm_ ? with_local_tensors(global, local_norm_) : global));
     SegEvaluation e = evaluate_seg(model_, val_, config_);
     fed::EvalReport report;
     report.num_examples = static_cast<uint64_t>(val_.size());

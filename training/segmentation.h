@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -112,6 +113,9 @@ struct SegEvaluation {
 SegEvaluation evaluate_seg(models::UNet& net, const SegSet& data, const StudyConfig& config);
 
 // The site's side of a segmentation study (fed::Learner); like TorchLearner for classification.
+// Follows the strategy's FedBN setting (the site keeps its own normalisation tensors, for
+// training and for evaluating the global model) and train.keep_optimizer_state (the site's
+// optimiser lives across rounds).
 class SegLearner : public fed::Learner {
  public:
   SegLearner(const StudyConfig& config, SegSet train, SegSet val, int site_index);
@@ -126,6 +130,9 @@ class SegLearner : public fed::Learner {
   SegSet train_, val_;
   int site_index_;
   models::UNet model_;
+  bool keep_local_norm_ = false;  // FedBN, set by the coordinator's strategy in each round
+  fed::Weights local_norm_;       // this site's normalisation tensors after its last fit (FedBN)
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;  // train.keep_optimizer_state: across rounds
 };
 
 }  // namespace fedrad::training

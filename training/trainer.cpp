@@ -80,7 +80,9 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
   const auto start = std::chrono::steady_clock::now();
   model->train();
   const std::vector<torch::Tensor> params = model->parameters();
-  auto opt = make_optimizer(params, options);
+  std::unique_ptr<torch::optim::Optimizer> fresh;
+  if (!options.kept_optimizer) fresh = make_optimizer(params, options);
+  torch::optim::Optimizer* opt = options.kept_optimizer ? options.kept_optimizer : fresh.get();
   std::vector<torch::Tensor> anchor;
   if (options.prox_mu > 0)
     for (const auto& p : params) anchor.push_back(p.detach().clone());

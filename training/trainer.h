@@ -38,6 +38,10 @@ struct FitOptions {
   std::string progress_label;
   // Called after each epoch with its index (0-based) and mean loss; for progress output.
   std::function<void(int epoch, double loss)> on_epoch;
+  // An optimiser over the model's parameters that the caller keeps across calls (a site keeping
+  // its Adam moments from round to round: train.keep_optimizer_state); null = a fresh one per call.
+  // Its learning rate is set from `lr` and the schedule like a fresh one's.
+  torch::optim::Optimizer* kept_optimizer = nullptr;
 };
 
 FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed);
@@ -56,7 +60,7 @@ struct FitStats {
 };
 
 // Trains `model` on `data` in place. The optimiser is fresh for each call (FedAvg sites restart
-// their optimiser state each round).
+// their optimiser state each round) unless options.kept_optimizer gives one.
 FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& options);
 
 struct Predictions {

@@ -96,6 +96,45 @@ TEST(StatusServerTest, ServesStatusJsonAndPrometheusMetrics) {
   EXPECT_FALSE(get("/status").ok());
 }
 
+// A segmentation study's round logs carry Dice sums and an empty score histogram (AUC 0.5): the
+// endpoint reports mean Dice, globally, per structure and per site, and no AUC.
+TEST(StatusServerTest, SegmentationStudiesReportDiceNotAuc) {
+  StatusServer server("seg-study", 3, {"site-1", "site-2"});
+  server.set_seg_structures({"label 1", "WT"});
+  auto port = server.start(0);
+  ASSERT_TRUE(port.ok()) << port.status().to_string();
+  fed::RoundLog log;
+  log.round = 1;
+  log.global_eval.auc = 0.5;  // what an empty histogram gives
+  for (auto [site, dice] : {std::pair<const char*, double>{"site-1", 0.25}, {"site-2", 0.75}}) {
+    fed::SiteRoundLog s;
+    s.site_id = site;
+    s.ok = true;
+    s.eval.auc = 0.5;
+    s.seg.add(SegCaseMetrics{{dice, dice + 0.2}, {1.0, 2.0}});  // label 1, WT
+    log.global_seg.merge(s.seg);
+    log.sites.push_back(s);
+  }
+  server.on_round(log);
+
+  json s = json::parse(http_get_local(*port, "/status")->body);
+  const json& global = s["last_round"]["global"];
+  EXPECT_FALSE(global.contains("auc")) << global.dump();
+  EXPECT_NEAR(global["mean_dice"].get<double>(), 0.6, 1e-12);  // (0.5 + 0.7) / 2
+  EXPECT_NEAR(global["dice"]["label 1"].get<double>(), 0.5, 1e-12);
+  EXPECT_NEAR(global["dice"]["WT"].get<double>(), 0.7, 1e-12);
+  EXPECT_EQ(global["cases"], 2);
+  EXPECT_NEAR(s["last_round"]["sites"][1]["mean_dice"].get<double>(), 0.85, 1e-12);
+  EXPECT_FALSE(s["last_round"]["sites"][1].contains("auc"));
+
+  const std::string text = http_get_local(*port, "/metrics")->body;
+  EXPECT_NE(text.find("fedrad_global_mean_dice{study=\"seg-study\"} 0.6\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("fedrad_global_dice{study=\"seg-study\",structure=\"WT\"} 0.7\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("fedrad_site_mean_dice{study=\"seg-study\",site=\"site-1\"} 0.35\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("auc"), std::string::npos) << text;
+  server.stop();
+}
+
 TEST(StatusServerTest, BindsLoopbackOnlyAndReportsAPortInUse) {
   StatusServer a("s", 1, {});
   auto port = a.start(0);

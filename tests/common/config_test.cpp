@@ -26,6 +26,18 @@ TEST(Config, ToYamlRoundTrips) {
   EXPECT_EQ(again->seed, 9u);
 }
 
+TEST(Config, KeepOptimizerStateIsOffByDefaultAndRoundTrips) {
+  auto plain = parse_study_config("name: x\n", "t.yaml");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->train.keep_optimizer_state);
+  auto c = parse_study_config("name: x\ntrain: {keep_optimizer_state: true}\n", "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_TRUE(c->train.keep_optimizer_state);
+  auto again = parse_study_config(to_yaml(*c), "again.yaml");
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_TRUE(again->train.keep_optimizer_state);
+}
+
 struct BadCase {
   const char* yaml;
   const char* expected_in_message;
@@ -50,6 +62,10 @@ INSTANTIATE_TEST_SUITE_P(
                       BadCase{"train: {optimiser: sgd}\n", "train.optimiser: unknown key"},
                       BadCase{"model: {norm: layer}\n", "model.norm"},
                       BadCase{"train: {lr_schedule: step}\n", "train.lr_schedule"},
+                      BadCase{"train: {keep_optimizer_state: yes please}\n",
+                              "train.keep_optimizer_state: expected true or false"},
+                      BadCase{"model: {norm: group}\ntrain: {keep_optimizer_state: true}\nprivacy: {dp_sgd: true}\n",
+                              "train.keep_optimizer_state: cannot be used with privacy.dp_sgd"},
                       BadCase{"data: {input_size: 3}\n", "data.input_size"},
                       BadCase{"sites: [a, a]\n", "listed twice"},
                       BadCase{"sites: [a]\nfederation: {min_sites: 2}\n", "federation.min_sites"},
@@ -70,7 +86,7 @@ TEST(Config, MissingFileIsNotFound) {
 }
 
 TEST(Config, ShippedConfigsAreValid) {
-  for (const char* path : {"configs/pneumonia.yaml", "configs/demo.yaml"}) {
+  for (const char* path : {"configs/pneumonia.yaml", "configs/demo.yaml", "configs/segmentation.yaml"}) {
     auto c = load_study_config(path);
     EXPECT_TRUE(c.ok()) << path << ": " << c.status().to_string();
   }

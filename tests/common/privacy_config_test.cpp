@@ -32,7 +32,7 @@ TEST(PrivacyConfig, RefusesImpossibleSettingsNamingTheKey) {
       {"model: {norm: group}\nprivacy: {client_noise_multiplier: 1.0}\n", "privacy.client_noise_multiplier"},
       {"privacy: {dp_sgd: true}\n", "model.norm"},  // batch norm is the default
       {"model: {norm: group}\nprivacy: {delta: 1.5}\n", "privacy.delta"},
-      {"privacy: {secure_aggregation: true}\n", "privacy.secure_aggregation"},
+      {"privacy: {secure_aggregation: true}\nfederation: {strategy: median}\n", "federation.strategy"},
       {"privacy: {epsilon: 3}\n", "privacy.epsilon"},
   };
   for (const auto& [yaml, key] : cases) {

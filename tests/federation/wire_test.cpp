@@ -30,7 +30,7 @@ EvalReport sample_eval() {
   EvalReport e;
   e.num_examples = 123456789012ull;
   e.loss = 0.1 + 0.2;
-  e.histogram.neg = {1, 0, 7, std::numeric_limits<uint64_t>::max()};
+  e.histogram.neg = {1, 0, 7, std::numeric_limits<uint32_t>::max()};
   e.histogram.pos = {0, 3, 0, 42};
   return e;
 }
@@ -203,7 +203,7 @@ TEST(Wire, HeaderLayoutIsLittleEndian) {
   m.sequence = 0x1122334455667788ull;
   m.body = Shutdown{0x0a0b0c0d};
   const std::string b = encode_ok(m);
-  const std::string expected = std::string("FDRD") + std::string("\x02\x00", 2) + std::string("\x08\x00", 2) +
+  const std::string expected = std::string("FDRD") + std::string("\x03\x00", 2) + std::string("\x08\x00", 2) +
                                std::string("\x01\x00\x00\x00s", 5) + std::string("\x04\x03\x02\x01", 4) +
                                std::string(
                                    "\x02\x00\x00\x00"
@@ -248,7 +248,7 @@ TEST(Wire, RejectsUnknownTypeAndCompression) {
   EXPECT_FALSE(decode(bad_type.data(), bad_type.size(), kMax).ok());
   bad_type[6] = 0;
   EXPECT_FALSE(decode(bad_type.data(), bad_type.size(), kMax).ok());
-  // Header: magic 4, version 2, type 2, study 4+14, round 4, sender 4+6, sequence 8, then
+  // Header: magic 4, version 2 bytes, type 2, study 4+14, round 4, sender 4+6, sequence 8, then
   // compression.
   std::string bad_comp = b;
   const size_t comp_at = 4 + 2 + 2 + 4 + 14 + 4 + 4 + 6 + 8;
@@ -349,18 +349,59 @@ TEST(Wire, RejectsHugeDeclaredLengths) {
     EXPECT_FALSE(dec.ok()) << "case " << i;
     if (!dec.ok()) EXPECT_EQ(dec.status().code(), StatusCode::kCorrupt) << "case " << i;
   }
-  // A histogram declaring 2^20 bins with no counts behind it.
+  // Histograms: 2^20 entries with no counts behind them, more entries than bins, bins out of
+  // order or past the end, an empty entry.
   Message m;
   m.body = EvalRes{};
   std::string h = encode_ok(m);
-  // The body ends with bins = 0 and the empty segmentation scores (u32 0 | u64 0).
-  h.resize(h.size() - 4 - 12);
-  h += le32(1u << 20) + le32(0) + le64(0);
-  EXPECT_FALSE(decode(h.data(), h.size(), kMax).ok());
+  // The body ends with bins = 0, entries = 0 and the empty segmentation scores (u32 0 | u64 0).
+  h.resize(h.size() - 8 - 12);
+  const std::string seg = le32(0) + le64(0);
+  auto entry = [](uint32_t bin, uint32_t neg, uint32_t pos) { return le32(bin) + le32(neg) + le32(pos); };
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {le32(1u << 20) + le32(1u << 20), "histogram"},
+      {le32(2) + le32(3) + entry(0, 1, 0) + entry(1, 1, 0) + entry(1, 1, 0), "entries for 2 bins"},
+      {le32(4) + le32(2) + entry(2, 1, 0) + entry(1, 1, 0), "bins must increase"},
+      {le32(4) + le32(1) + entry(4, 1, 0), "bins must increase"},
+      {le32(4) + le32(1) + entry(3, 0, 0), "is empty"},
+  };
+  for (const auto& [body, why] : bad) {
+    const std::string b = h + body + seg;
+    auto dec = decode(b.data(), b.size(), kMax);
+    ASSERT_FALSE(dec.ok()) << why;
+    EXPECT_NE(dec.status().message().find(why), std::string::npos) << dec.status().message();
+  }
+  const std::string good = h + le32(4) + le32(2) + entry(1, 2, 0) + entry(3, 0, 5) + seg;
+  auto dec = decode(good.data(), good.size(), kMax);
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  const auto& got = std::get<EvalRes>(dec->message.body).eval.histogram;
+  EXPECT_EQ(got.neg, (std::vector<uint64_t>{0, 2, 0, 0}));
+  EXPECT_EQ(got.pos, (std::vector<uint64_t>{0, 0, 0, 5}));
   // A study string longer than the limit.
   std::string s = encode_ok(m);
   std::memcpy(&s[8], le32(kMaxStringBytes + 1).data(), 4);
   EXPECT_FALSE(decode(s.data(), s.size(), kMax).ok());
+}
+
+TEST(Wire, HistogramsTravelSparseAndCountsAbove32BitsAreRefused) {
+  Message m;
+  EvalRes res;
+  res.eval.histogram.neg.assign(1000, 0);
+  res.eval.histogram.pos.assign(1000, 0);
+  res.eval.histogram.neg[10] = 3;
+  res.eval.histogram.pos[990] = 7;
+  m.body = res;
+  const std::string b = encode_ok(m);
+  EXPECT_LT(b.size(), 200u);  // two entries of 12 bytes, not 2 x 1000 x 8 bytes of zeros
+  auto dec = decode(b.data(), b.size(), kMax);
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  EXPECT_EQ(std::get<EvalRes>(dec->message.body).eval.histogram.neg, res.eval.histogram.neg);
+  EXPECT_EQ(std::get<EvalRes>(dec->message.body).eval.histogram.pos, res.eval.histogram.pos);
+  res.eval.histogram.pos[5] = uint64_t{1} << 32;
+  m.body = res;
+  auto big = encode(m, 3);
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.status().message().find("bin 5"), std::string::npos) << big.status().message();
 }
 
 TEST(Wire, RejectsMessagesOverTheSizeLimit) {

@@ -109,6 +109,30 @@ int main(int argc, char** argv) {
   add(w::EvalRes{0, eval});
   add(w::Shutdown{0});
   add(w::Heartbeat{3});
+  // Secure aggregation (after the others: ms[5] below is the FIT_RES that gets chunked).
+  add(w::SecAggKeys{});
+  w::SecAggKeyList list;
+  list.party = 1;
+  list.threshold = 2;
+  list.dim = 7;
+  list.scale = 65536;
+  list.clip = 4;
+  list.weight_cap = 30;
+  list.keys.assign(3, fedrad::fed::secagg::Key{});
+  add(list);
+  const std::vector<uint8_t> box(fedrad::fed::secagg::kShareBoxBytes, 0x5a);
+  add(w::SecAggShares{0, {w::SecAggBox{1, box}, w::SecAggBox{2, box}}});
+  add(w::SecAggRelay{1, {1, 1, 0}, {w::SecAggBox{0, box}}});
+  w::SecAggMasked masked;
+  masked.party = 2;
+  masked.eval = eval;
+  masked.values = {1, 2, 3, 4, 5, 6, 7};
+  add(masked, Compression::kZstd);
+  add(w::SecAggUnmask{0, {1, 1, 0}});
+  w::SecAggUnmaskRes res;
+  res.self_mask.push_back({1, fedrad::fed::secagg::Share{1, std::vector<uint8_t>(32, 9)}});
+  res.secret_key.push_back({2, fedrad::fed::secagg::Share{1, std::vector<uint8_t>(32, 8)}});
+  add(res);
   // A FIT_RES in three chunks, as one input (first byte: 3 frames of equal length would cut it
   // elsewhere, so each chunk is its own seed and the trio is a fourth).
   auto whole = w::encode(ms[5]);

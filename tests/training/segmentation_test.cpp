@@ -221,5 +221,80 @@ TEST(SegLearner, EvaluatesAndFitsThroughTheFederationInterface) {
   EXPECT_FALSE(learner.evaluate(to_weights(*other)).ok());
 }
 
+// Two fits from the same global weights with the same round settings: a site that restarts its
+// optimiser each round repeats itself exactly; one that keeps its Adam moments
+// (train.keep_optimizer_state) does not, since the second fit starts from the first one's moments.
+TEST(SegLearner, KeepsItsOptimiserStateAcrossRoundsWhenAsked) {
+  set_threads(1);
+  auto config = seg_config();
+  config.segmentation.patches_per_case = 2;
+  auto train = synthetic_set(2, 32, 3.75, 600);
+  torch::manual_seed(7);
+  models::UNet net(unet_options(config));
+  const auto global = to_weights(*net);
+  fed::RoundSettings settings;
+  settings.round = 1;
+  settings.batch_size = 2;
+  settings.lr = 0.01;
+  settings.seed = 3;
+  auto max_difference = [](const fed::Weights& a, const fed::Weights& b) {
+    double d = 0;
+    for (size_t t = 0; t < a.size(); ++t)
+      for (size_t i = 0; i < a[t].data.size(); ++i) d = std::max(d, std::abs(double(a[t].data[i]) - b[t].data[i]));
+    return d;
+  };
+  for (bool keep : {false, true}) {
+    SCOPED_TRACE(keep ? "keep_optimizer_state" : "fresh optimiser per round");
+    config.train.keep_optimizer_state = keep;
+    SegLearner learner(config, train, SegSet{}, 0);
+    auto first = learner.fit(global, settings);
+    ASSERT_TRUE(first.ok()) << first.status().to_string();
+    auto second = learner.fit(global, settings);
+    ASSERT_TRUE(second.ok()) << second.status().to_string();
+    EXPECT_GT(max_difference(first->weights, global), 1e-3);  // it trained
+    if (keep)
+      EXPECT_GT(max_difference(first->weights, second->weights), 1e-4);
+    else
+      EXPECT_EQ(max_difference(first->weights, second->weights), 0.0);
+  }
+}
+
+// FedBN (the strategy sets keep_local_norm): the site trains and evaluates with its own
+// normalisation tensors, whatever the global model says for them.
+TEST(SegLearner, FedBnKeepsTheSitesNormalisationTensors) {
+  set_threads(1);
+  auto config = seg_config();
+  config.segmentation.patches_per_case = 2;
+  torch::manual_seed(8);
+  models::UNet net(unet_options(config));
+  const auto names = norm_tensor_names(*net);
+  ASSERT_FALSE(names.empty());
+  SegLearner learner(config, synthetic_set(2, 32, 3.75, 700), synthetic_set(1, 32, 3.75, 800), 0);
+  fed::RoundSettings settings;
+  settings.round = 1;
+  settings.batch_size = 2;
+  settings.lr = 0.01;
+  settings.keep_local_norm = true;
+  auto first = learner.fit(to_weights(*net), settings);
+  ASSERT_TRUE(first.ok()) << first.status().to_string();
+  // A global model whose normalisation tensors are nonsense: the site must not use them.
+  fed::Weights odd = first->weights;
+  for (auto& t : odd)
+    if (names.count(t.name)) std::fill(t.data.begin(), t.data.end(), 100.0f);
+  auto own = learner.evaluate(first->weights);
+  auto with_odd = learner.evaluate(odd);
+  ASSERT_TRUE(own.ok() && with_odd.ok());
+  EXPECT_DOUBLE_EQ(with_odd->loss, own->loss);
+  settings.round = 2;
+  settings.lr = 1e-9;  // (almost) no training: the result shows what the fit started from
+  auto second = learner.fit(odd, settings);
+  ASSERT_TRUE(second.ok()) << second.status().to_string();
+  for (size_t t = 0; t < second->weights.size(); ++t) {
+    if (!names.count(second->weights[t].name)) continue;
+    for (size_t i = 0; i < second->weights[t].data.size(); ++i)
+      ASSERT_NEAR(second->weights[t].data[i], first->weights[t].data[i], 1e-4) << second->weights[t].name;
+  }
+}
+
 }  // namespace
 }  // namespace fedrad::training

@@ -1,0 +1,66 @@
+// privacy.secure_aggregation in the study config: what composes with it is accepted, what needs
+// one site's update (or would break the masks) is refused naming the key and why.
+#include <gtest/gtest.h>
+
+#include "common/config.h"
+
+namespace fedrad {
+namespace {
+
+const char* kSites = "sites: [a, b, c, d]\n";
+
+TEST(SecAggConfig, ParsesTheKeysAndComposesWithFedAvgVariantsAndClientDp) {
+  for (const char* strategy : {"fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}) {
+    const std::string yaml = std::string(kSites) + "federation: {strategy: " + strategy +
+                             ", downstream_codec: 'delta|q8|zstd'}\n"
+                             "model: {norm: group}\n"
+                             "privacy: {secure_aggregation: true, secagg_clip: 2.5, secagg_threshold: 3, "
+                             "client_clip: 1.0, client_noise_multiplier: 0.1}\n";
+    auto c = parse_study_config(yaml, "ok.yaml");
+    ASSERT_TRUE(c.ok()) << strategy << ": " << c.status().to_string();
+    EXPECT_TRUE(c->privacy.secure_aggregation);
+    EXPECT_DOUBLE_EQ(c->privacy.secagg_clip, 2.5);
+    EXPECT_EQ(c->privacy.secagg_threshold, 3);
+    auto again = parse_study_config(to_yaml(*c), "again.yaml");
+    ASSERT_TRUE(again.ok()) << again.status().to_string();
+    EXPECT_TRUE(again->privacy.secure_aggregation);
+    EXPECT_DOUBLE_EQ(again->privacy.secagg_clip, 2.5);
+  }
+  auto d = parse_study_config("", "d.yaml");
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->privacy.secure_aggregation);
+  EXPECT_DOUBLE_EQ(d->privacy.secagg_clip, 4);
+  EXPECT_EQ(d->privacy.secagg_threshold, 0);
+}
+
+TEST(SecAggConfig, RefusesWhatNeedsOneSitesUpdateNamingTheKeyAndWhy) {
+  const std::string on = "privacy: {secure_aggregation: true}\n";
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {std::string(kSites) + "federation: {strategy: median}\n" + on, "federation.strategy",
+       "needs every site's update"},
+      {std::string(kSites) + "federation: {strategy: trimmed_mean}\n" + on, "federation.strategy",
+       "trimmed_mean"},
+      {std::string(kSites) + "federation: {max_update_norm: 5}\n" + on, "federation.max_update_norm",
+       "never sees one site's update"},
+      {std::string(kSites) + "federation: {upstream_codec: 'delta|topk:0.01|q8|zstd'}\n" + on,
+       "federation.upstream_codec", "would break the masks"},
+      {"sites: [a]\n" + on, "sites", "2..255 sites"},
+      {std::string(kSites) + "privacy: {secure_aggregation: true, secagg_clip: 0}\n", "privacy.secagg_clip",
+       "> 0"},
+      {std::string(kSites) + "privacy: {secure_aggregation: true, secagg_threshold: 1}\n",
+       "privacy.secagg_threshold", "2..the number of sites"},
+      {std::string(kSites) + "privacy: {secure_aggregation: true, secagg_threshold: 5}\n",
+       "privacy.secagg_threshold", "2..the number of sites"},
+  };
+  for (const auto& [yaml, key, why] : cases) {
+    auto c = parse_study_config(yaml, "bad.yaml");
+    ASSERT_FALSE(c.ok()) << yaml;
+    const std::string& msg = c.status().message();
+    EXPECT_NE(msg.find("bad.yaml"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(key), std::string::npos) << msg;
+    EXPECT_NE(msg.find(why), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace fedrad
