@@ -26,6 +26,9 @@ UP[topk0.3-q4]="delta|ef|topk:0.003|q4|zstd"; DOWN[topk0.3-q4]="delta|topk:0.1|q
 UP[topk0.1-q4]="delta|ef|topk:0.001|q4|zstd"; DOWN[topk0.1-q4]="delta|topk:0.1|q8|zstd"
 UP[topk1-q4]="delta|ef|topk:0.01|q4|zstd";    DOWN[topk1-q4]="zstd"
 UP[randk1-q8]="delta|ef|randk:0.01|q8|zstd";  DOWN[randk1-q8]="zstd"
+# The same upstream codec with server momentum (FedAvgM, momentum 0.7) in place of plain FedAvg.
+UP[topk1-q4-m]="delta|ef|topk:0.01|q4|zstd";  DOWN[topk1-q4-m]="zstd"
+declare -A STRATEGY=([topk1-q4-m]="fedavgm") EXTRA=([topk1-q4-m]="  server_momentum: 0.7")
 SETTINGS=${SETTINGS:-"baseline q8 topk1-q8 topk1-q4 topk1-q8-down topk0.3-q4 topk0.1-q4 randk1-q8"}
 
 cmake -S . -B "$BUILD" -G Ninja >/dev/null
@@ -35,9 +38,10 @@ mkdir -p "$OUT"
 for s in $SETTINGS; do
   cfg="$OUT/$s.yaml"
   # configs/pneumonia.yaml ends with its federation block: the codec keys are appended to it.
-  { cat configs/pneumonia.yaml
+  { sed "s/strategy: fedavg$/strategy: ${STRATEGY[$s]:-fedavg}/" configs/pneumonia.yaml
     echo "  upstream_codec: \"${UP[$s]}\""
-    echo "  downstream_codec: \"${DOWN[$s]}\""; } > "$cfg"
+    echo "  downstream_codec: \"${DOWN[$s]}\""
+    [[ -z "${EXTRA[$s]:-}" ]] || echo "${EXTRA[$s]}"; } > "$cfg"
   if [[ -n "${REUSE:-}" && -f "$OUT/$s/summary.json" ]]; then
     echo "== $s: reusing $OUT/$s (REUSE set)" >&2
     continue
@@ -59,6 +63,11 @@ for s in settings:
     cfg = open(f"{out}/{s}.yaml").read()
     up = re.search(r'upstream_codec: "(.*)"', cfg).group(1)
     down = re.search(r'downstream_codec: "(.*)"', cfg).group(1)
+    strategy = re.search(r'strategy: (\w+)', cfg).group(1)
+    label = s
+    if strategy != "fedavg":
+        momentum = re.search(r'server_momentum: ([0-9.]+)', cfg)
+        label += f" ({strategy}" + (f", momentum {momentum.group(1)}" if momentum else "") + ")"
     g = [r for r in csv.DictReader(open(f"{out}/{s}/metrics.csv")) if r["scope"] == "global"]
     fit = [r for r in g if int(r["round"]) <= len(g) - 1]
     final = g[-1]
@@ -68,7 +77,7 @@ for s in settings:
     reach = next((int(r["model_round"]) for r in g if float(r["auc"]) >= target), None)
     auc = float(final["auc"])
     if s == "baseline": base_auc = auc
-    rows.append((s, up, down, bu / len(fit), ru / bu, bd / len(g), rd / bd, auc, reach))
+    rows.append((label, up, down, bu / len(fit), ru / bu, bd / len(g), rd / bd, auc, reach))
 lines = []
 lines.append("| setting | upstream codec | downstream codec | up bytes/round (4 sites) | up ratio vs fp32 | "
              "down bytes/round (4 sites) | down ratio | final val AUC | ΔAUC vs baseline | rounds to AUC ≥ %.3f |" % target)

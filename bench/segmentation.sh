@@ -37,15 +37,20 @@ fi
 SITES=(site-1 site-2 site-3)
 VALS=()
 for s in "${SITES[@]}"; do VALS+=(--data "$OUT/data/$s/val"); done
+FEDERATED=
 if [ -z "${SEG_SKIP_FEDERATED:-}" ]; then
 echo "== synthetic data: ${#SITES[@]} sites"
 "$FEDRAD" -q synth-seg --out "$OUT/data" --train "${SEG_TRAIN:-8}" --val "${SEG_VAL:-3}"
-echo "== federated (FedAvg)"
-timed federated "$FEDRAD" -q simulate --config configs/segmentation.yaml --data "$OUT/data" --out "$OUT/federated"
-"$FEDRAD" -q evaluate --model "$OUT/federated/global.pt" "${VALS[@]}" > "$OUT/federated.eval.json"
+echo "== federated ($(sed -n 's/^ *strategy: *//p' configs/segmentation.yaml)), in the background"
+( timed federated "$FEDRAD" -q simulate --config configs/segmentation.yaml --data "$OUT/data" --out "$OUT/federated"
+  "$FEDRAD" -q evaluate --model "$OUT/federated/global.pt" "${VALS[@]}" > "$OUT/federated.eval.json" ) &
+FEDERATED=$!
 fi
 
-# The centralised baseline and the BraTS model train side by side (one thread each with SEG_THREADS=1).
+# The centralised baseline and the BraTS model train side by side (one thread each with SEG_THREADS=1),
+# and beside the federated study unless SEG_SEQUENTIAL is set: the runs are independent, and on a
+# small shared machine running them together saves wall time (each one's own time is then longer).
+[ -z "${SEG_SEQUENTIAL:-}" ] || [ -z "$FEDERATED" ] || { wait $FEDERATED; FEDERATED=; }
 echo "== centralised (union of the sites' train splits) and, beside it, the BraTS half-case model"
 "$BUILD/imaging/brats_split_bench" "$BRATS" "$OUT/brats-data" > "$OUT/brats_split.json"
 timed centralised "$FEDRAD" -q train --config "$CONFIG" --data "$OUT/data" --out "$OUT/centralised" &
@@ -53,6 +58,7 @@ CENTRAL=$!
 timed brats_train "$FEDRAD" -q train --config "$BRATS_CONFIG" --data "$OUT/brats-data" --site brats \
   --out "$OUT/brats-half"
 wait $CENTRAL
+[ -z "$FEDERATED" ] || wait $FEDERATED
 "$FEDRAD" -q evaluate --model "$OUT/centralised/model.pt" "${VALS[@]}" > "$OUT/centralised.eval.json"
 "$FEDRAD" -q evaluate --model "$OUT/brats-half/model.pt" --data "$OUT/brats-data/brats/val" > "$OUT/brats.eval.json"
 echo "== inference on the whole 240x240x155 volume"

@@ -1,10 +1,10 @@
-"""Collects bench/pneumonia_study.sh's outputs into JSON and a section of bench/RESULTS.md."""
-import datetime
+"""Collects bench/pneumonia_study.sh's outputs (one folder per seed) into JSON and a section of
+bench/RESULTS.md: per model the median over the seeds, each seed's figure beside it."""
+import glob
 import json
 import os
-import platform
 import re
-import subprocess
+import statistics
 import sys
 
 
@@ -13,66 +13,113 @@ def load(path):
         return json.load(f)
 
 
+def site_of(folder):
+    return os.path.basename(os.path.dirname(folder.rstrip("/")))
+
+
 def main():
     out, results, md_path, config = sys.argv[1:5]
     sites = sys.argv[5:]
     names = ["federated", "centralised"] + sites
-    rows = {}
-    for name in names:
-        ev = load(f"{out}/{name}.eval.json")
-        wall = float(open(f"{out}/{name}.time").read())
-        summary_path = f"{out}/{name}/summary.json"
-        summary = load(summary_path)
-        rows[name] = {"eval": ev, "wall_seconds": wall, "summary": summary}
+    seed_dirs = sorted(glob.glob(f"{out}/seed-*"), key=lambda d: int(d.rsplit("-", 1)[1]))
+    if not seed_dirs:
+        sys.exit(f"no seed-* folders in {out}")
+    # A seed whose runs did not all finish (the script was stopped) is left out, and said so.
+    complete = [d for d in seed_dirs if all(os.path.exists(f"{d}/{n}.eval.json") for n in names)]
+    for d in sorted(set(seed_dirs) - set(complete)):
+        print(f"left out {d}: not every run finished", file=sys.stderr)
+    seed_dirs = complete
+    if not seed_dirs:
+        sys.exit(f"no seed in {out} has every run")
+    seeds = [int(d.rsplit("-", 1)[1]) for d in seed_dirs]
+    runs = {}  # runs[name][seed] = {eval, wall_seconds, summary}
+    for d, seed in zip(seed_dirs, seeds):
+        for name in names:
+            runs.setdefault(name, {})[seed] = {
+                "eval": load(f"{d}/{name}.eval.json"),
+                "wall_seconds": float(open(f"{d}/{name}.time").read()),
+                "summary": load(f"{d}/{name}/summary.json"),
+            }
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import machine  # bench/machine.py: lscpu model, cores, memory, date, commit
     m = machine.describe()
     commit = m["commit"] + (" + uncommitted working tree" if m["dirty"] else "")
-    meta = {
-        "date": m["date"],
-        "commit": commit,
-        "machine": m["machine"],
-        "config": config,
-    }
-    with open(f"{results}/results.json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    meta = {"date": m["date"], "commit": commit, "machine": m["machine"], "config": config, "seeds": seeds,
+            "load_average": open("/proc/loadavg").read().split()[:3]}
 
-    fed = rows["federated"]["summary"]
+    med = statistics.median
+
+    def per_seed(name, key):
+        return [runs[name][s]["eval"][key] for s in seeds]
+
+    def per_test_site(name):  # median AUC on each site's val split
+        out_ = {}
+        for s in seeds:
+            for f in runs[name][s]["eval"]["per_folder"]:
+                out_.setdefault(site_of(f["data"]), []).append(f["metrics"]["auc"])
+        return {k: med(v) for k, v in out_.items()}
+
+    summary = {}
+    for name in names:
+        summary[name] = {key: med(per_seed(name, key)) for key in ("auc", "accuracy", "sensitivity", "specificity")}
+        summary[name]["auc_per_seed"] = per_seed(name, "auc")
+        summary[name]["wall_seconds"] = med([runs[name][s]["wall_seconds"] for s in seeds])
+        summary[name]["auc_per_test_site"] = per_test_site(name)
+    with open(f"{results}/results.json", "w") as f:
+        json.dump({"meta": meta, "median": summary, "runs": runs}, f, indent=2)
+
+    fed0 = runs["federated"][seeds[0]]["summary"]
     lines = [
         "## Federated pneumonia study (issue 2)",
         "",
         f"`bench/pneumonia_study.sh` on {meta['date']}, commit `{commit}`, {meta['machine']}, config "
-        f"`{config}`. Data: ../shared/data/pneumonia, four sites; each site's val split is its test set. Every "
-        "model is evaluated on the pooled val splits of all four sites (499 images) at the threshold chosen on "
+        f"`{config}`, seeds {', '.join(map(str, seeds))} (the seed sets the initial model, the batch order and "
+        "the augmentation). Load average at the end: "
+        f"{' '.join(meta['load_average'])} (the 2 cores were shared with other work, so wall times are upper "
+        "bounds). Data: ../shared/data/pneumonia, four sites; each site's val split is its test set. Every model "
+        "is evaluated on the pooled val splits of all four sites (499 images) at the threshold chosen on "
         "validation data (Youden's J: on the pooled val histograms for the federated model, on its own training "
-        "sites' val splits for the others). Raw results: `bench/results/pneumonia/results.json`.",
+        "sites' val splits for the others). Figures are medians over the seeds; raw results: "
+        "`bench/results/pneumonia/results.json`.",
         "",
-        "| model | trained on | rounds x local epochs / epochs | pooled val AUC | accuracy | sensitivity | specificity | wall time (s) | bytes up / down per round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | trained on | rounds x local epochs / epochs | pooled val AUC (median) | AUC per seed | accuracy | sensitivity | specificity | wall time (s) | bytes up / down per round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
-        r = rows[name]
-        ev, s = r["eval"], r["summary"]
+        r = summary[name]
+        s0 = runs[name][seeds[0]]["summary"]
         if name == "federated":
             trained = f"{len(sites)} sites, FedAvg"
-            epochs = f"{s['rounds']} x 1"
-            bytes_ = f"{s['bytes_up_per_round'] / 1e3:.0f} KB / {s['bytes_down_per_round'] / 1e3:.0f} KB (raw fp32 {s['raw_bytes_up_per_round'] / 1e3:.0f} KB / {s['raw_bytes_down_per_round'] / 1e3:.0f} KB)"
+            epochs = f"{s0['rounds']} x 1"
+            bytes_ = (f"{s0['bytes_up_per_round'] / 1e3:.0f} KB / {s0['bytes_down_per_round'] / 1e3:.0f} KB "
+                      f"(raw fp32 {s0['raw_bytes_up_per_round'] / 1e3:.0f} KB / {s0['raw_bytes_down_per_round'] / 1e3:.0f} KB)")
         else:
             trained = "all sites pooled" if name == "centralised" else f"{name} only"
-            epochs = str(s["epochs"])
+            epochs = str(s0["epochs"])
             bytes_ = "-"
         lines.append(
-            f"| {name} | {trained} | {epochs} | {ev['auc']:.4f} | {ev['accuracy']:.4f} | {ev['sensitivity']:.4f} | "
-            f"{ev['specificity']:.4f} | {r['wall_seconds']:.0f} | {bytes_} |")
-    fa, ca = rows["federated"]["eval"]["auc"], rows["centralised"]["eval"]["auc"]
-    best_single = max(rows[s]["eval"]["auc"] for s in sites)
+            f"| {name} | {trained} | {epochs} | {r['auc']:.4f} | {', '.join(f'{a:.4f}' for a in r['auc_per_seed'])} | "
+            f"{r['accuracy']:.4f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} | {r['wall_seconds']:.0f} | {bytes_} |")
+
+    test_sites = sorted(summary["federated"]["auc_per_test_site"])
+    lines += ["", "AUC on each site's own val split (median over the seeds), and their mean:", "",
+              "| model | " + " | ".join(test_sites) + " | mean |", "|---|" + "---|" * (len(test_sites) + 1)]
+    for name in names:
+        t = summary[name]["auc_per_test_site"]
+        lines.append(f"| {name} | " + " | ".join(f"{t[k]:.4f}" for k in test_sites) +
+                     f" | {statistics.mean(t.values()):.4f} |")
+
+    fa, ca = summary["federated"]["auc"], summary["centralised"]["auc"]
+    best = max(sites, key=lambda s: summary[s]["auc"])
+    wins = {s: sum(runs["federated"][k]["eval"]["auc"] > runs[s][k]["eval"]["auc"] for k in seeds) for s in sites}
     lines += [
         "",
-        f"- Federated - centralised AUC: {fa - ca:+.4f} (target: within 0.01) -> "
+        f"- Federated - centralised AUC (medians): {fa - ca:+.4f} (target: within 0.01) -> "
         f"{'met' if abs(fa - ca) <= 0.01 or fa > ca else 'NOT met'}.",
-        f"- Federated - best single site AUC: {fa - best_single:+.4f} (target: beat every single site) -> "
-        f"{'met' if fa > best_single else 'NOT met'}.",
-        "- Per-site AUC of each model on each site's val split: `bench/results/pneumonia/results.json` (`per_folder`).",
+        f"- Federated - best single site ({best}) AUC (medians): {fa - summary[best]['auc']:+.4f} (target: beat every "
+        f"single site) -> {'met' if all(fa > summary[s]['auc'] for s in sites) else 'NOT met'}.",
+        "- Seeds in which the federated model beats each single-site model on the pooled val AUC: " +
+        ", ".join(f"{s} {wins[s]}/{len(seeds)}" for s in sites) + ".",
         "- Wall time is the whole command (simulate: data loading, 4 site processes sharing 2 cores, all rounds "
         "and the final evaluation). Bytes are ZeroMQ message sizes (zstd-compressed fp32 weights).",
         "",
