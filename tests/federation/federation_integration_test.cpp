@@ -15,6 +15,7 @@
 
 #include "federation/federation.h"
 #include "federation/wire.h"
+#include "tests/federation/helpers/study_runner.h"
 
 namespace fedrad::fed {
 namespace {
@@ -122,22 +123,7 @@ struct Study {
     }
   }
 
-  struct Outcome {
-    StatusOr<Weights> weights = internal_error("not run");
-    std::vector<Status> sites;
-  };
-
-  Outcome run() {
-    auto coord = std::async(std::launch::async, [this] { return run_coordinator(coordinator); });
-    std::vector<std::future<Status>> site_futures;
-    for (size_t i = 0; i < sites.size(); ++i)
-      site_futures.push_back(
-          std::async(std::launch::async, [this, i] { return run_site(*learners[i], sites[i]); }));
-    Outcome out;
-    out.weights = coord.get();
-    for (auto& f : site_futures) out.sites.push_back(f.get());
-    return out;
-  }
+  testing::StudyOutcome run() { return testing::run_study_in_process(coordinator, sites, learners); }
 };
 
 // FedAvg of fake updates: each round adds sum_k n_k (k+1) / sum_k n_k with n_k = k+1.

@@ -26,6 +26,7 @@
 #include "federation/wire.h"
 #include "tests/federation/helpers/fake_learner.h"
 #include "tests/test_data.h"
+#include "tests/federation/helpers/study_runner.h"
 
 namespace fedrad::fed {
 namespace {
@@ -114,22 +115,7 @@ struct InProcessStudy {
     }
   }
 
-  struct Outcome {
-    StatusOr<Weights> weights = internal_error("not run");
-    std::vector<Status> sites;
-  };
-
-  Outcome run() {
-    auto coord = std::async(std::launch::async, [this] { return run_coordinator(coordinator); });
-    std::vector<std::future<Status>> futures;
-    for (size_t i = 0; i < sites.size(); ++i)
-      futures.push_back(
-          std::async(std::launch::async, [this, i] { return run_site(*learners[i], sites[i]); }));
-    Outcome out;
-    out.weights = coord.get();
-    for (auto& f : futures) out.sites.push_back(f.get());
-    return out;
-  }
+  testing::StudyOutcome run() { return testing::run_study_in_process(coordinator, sites, learners); }
 };
 
 TEST(Resilience, EncryptedStudyMatchesHandComputedFedAvg) {

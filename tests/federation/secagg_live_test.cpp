@@ -21,6 +21,7 @@
 #include "federation/federation.h"
 #include "federation/secagg.h"
 #include "federation/wire.h"
+#include "tests/federation/helpers/study_runner.h"
 
 namespace fedrad::fed {
 namespace {
@@ -145,22 +146,7 @@ struct Study {
     }
   }
 
-  struct Outcome {
-    StatusOr<Weights> weights = internal_error("not run");
-    std::vector<Status> sites;
-  };
-
-  Outcome run() {
-    auto coord = std::async(std::launch::async, [this] { return run_coordinator(coordinator); });
-    std::vector<std::future<Status>> futures;
-    for (size_t i = 0; i < sites.size(); ++i)
-      futures.push_back(
-          std::async(std::launch::async, [this, i] { return run_site(*learners[i], sites[i]); }));
-    Outcome out;
-    out.weights = coord.get();
-    for (auto& f : futures) out.sites.push_back(f.get());
-    return out;
-  }
+  testing::StudyOutcome run() { return testing::run_study_in_process(coordinator, sites, learners); }
 
   bool refused_with(const std::string& text) {
     std::lock_guard<std::mutex> lock(mu);
