@@ -3,7 +3,6 @@ bench/RESULTS.md: per model the median over the seeds, each seed's figure beside
 import glob
 import json
 import os
-import re
 import statistics
 import sys
 
@@ -125,14 +124,7 @@ def main():
         "",
     ]
     section = "\n".join(lines)
-    begin, end = "<!-- pneumonia-study:begin -->", "<!-- pneumonia-study:end -->"
-    text = open(md_path).read() if os.path.exists(md_path) else "# Benchmark results\n\n"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    open(md_path, "w").write(text)
+    machine.replace_section(md_path, "pneumonia-study", section)
     print(section)
 
 

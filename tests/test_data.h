@@ -38,13 +38,16 @@ inline std::string temp_dir(const std::string& name) {
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
 inline int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof(a);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    std::perror("free_port: no free TCP port on 127.0.0.1");
+    std::abort();
+  }
   const int port = ntohs(a.sin_port);
   ::close(fd);
   return port;

@@ -16,6 +16,7 @@
 #include <random>
 
 #include "federation/wire.h"
+#include "tests/test_data.h"
 
 namespace fedrad::fed {
 namespace {
@@ -570,17 +571,7 @@ TEST(CodecWire, EncodedUpdatesTravelInFitAndEvalMessages) {
 
 // ---- a study over TCP ------------------------------------------------------------------------
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  socklen_t len = sizeof addr;
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using fedrad::testing::free_port;
 
 // fit: global + a pseudo-random step; records every model it was given.
 class RecordingLearner : public Learner {

@@ -21,23 +21,13 @@
 #include "federation/federation.h"
 #include "federation/secagg.h"
 #include "federation/wire.h"
+#include "tests/test_data.h"
 #include "tests/federation/helpers/study_runner.h"
 
 namespace fedrad::fed {
 namespace {
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  socklen_t len = sizeof addr;
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using fedrad::testing::free_port;
 
 constexpr size_t kValues = 2000;
 
