@@ -90,6 +90,9 @@ Status train_segmentation(const StudyConfig& config, const std::string& data_roo
   training::set_threads(config.train.threads);
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
   auto log = logger("train");
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
+  training::configure_backend(config.train, device);
+  log->info("training on {}", training::describe_device(device));
   std::vector<training::SegSet> trains, vals;
   for (const auto& s : sites) {
     const std::string dir = (fs::path(data_root) / s).string();

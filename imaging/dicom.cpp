@@ -414,6 +414,7 @@ Status convert_pixels(const std::string& path, const uint8_t* data, size_t size,
   out->voi_applied = voi.kind != Voi::kNone;
   if (voi.kind != Voi::kNone && voi.kind != Voi::kLut) out->window = voi.w;
   out->modality_lut_applied = rescale && vt.modality_lut.has_value();
+  out->has_modality_lut = !colour && vt.modality_lut.has_value();
   out->colour_converted = colour;
 
   out->rows = l.rows;

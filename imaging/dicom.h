@@ -85,6 +85,7 @@ struct DicomPixels {
   int samples_per_pixel = 1;       // as stored; pixels always hold one value per pixel
   bool colour_converted = false;   // colour turned into luma (ColourPolicy::kLuma)
   bool modality_lut_applied = false;  // Modality LUT Sequence used instead of slope/intercept
+  bool has_modality_lut = false;      // the file has one (applied or not, as apply_rescale says)
   bool voi_applied = false;        // pixels are VOI output in [0, 1]
   std::optional<Window> window;    // the window used, when one was (explicit or from the file)
   bool has_padding_value = false;  // file has PixelPaddingValue

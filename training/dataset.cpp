@@ -9,7 +9,9 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "cuda/preprocess.h"
+#include "cuda/torch_ops.h"
 #include "imaging/dicom.h"
+#include "training/loader.h"
 
 namespace fedrad::training {
 
@@ -83,13 +85,161 @@ ImageSet assemble(const std::vector<std::string>& files, const std::vector<float
       set.unreadable.push_back({files[i], decoded[i].error});
     }
   }
-  auto idx = torch::tensor(keep, torch::kLong);
+  auto idx = torch::tensor(keep, torch::kLong).to(all.device());
   set.images = all.index_select(0, idx).view({-1, 1, size, size}).contiguous();
   set.labels = torch::tensor(kept_labels, torch::kFloat32);
   return set;
 }
 
+// The device path: files decoded to stored values on the host (worker threads, one chunk ahead),
+// converted and resized on the device. Images of one size in a chunk go through one batched call.
+torch::Tensor decode_on_device(const std::vector<std::string>& files, const DataConfig& data,
+                               const LoadOptions& options, std::vector<Decoded>* results, Progress* progress) {
+  const int64_t n = static_cast<int64_t>(files.size());
+  const int s = data.input_size;
+  const auto mode = data.normalise == "zscore" ? cuda::NormaliseMode::kZScore : cuda::NormaliseMode::kMinMax;
+  const int64_t chunk = std::max(1, options.chunk);
+  const int threads = options.threads > 0 ? options.threads
+                                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  auto all = torch::zeros({n, 1, s, s}, torch::TensorOptions(torch::kFloat32).device(options.device));
+  constexpr int kParams = 7;  // slope, intercept, invert, signed, bits, window centre, width
+  BatchLoader::Options lo;
+  lo.depth = 2;
+  BatchLoader loader(
+      (n + chunk - 1) / chunk,
+      [&](int64_t c, bool pinned) {
+        const int64_t first = c * chunk, last = std::min(n, first + chunk);
+        std::vector<imaging::DicomPixels> px(static_cast<size_t>(last - first));
+        std::vector<cuda::PixelParams> params(px.size());
+        std::atomic<int64_t> next{first};
+        auto work = [&] {
+          for (int64_t i = next++; i < last; i = next++) {
+            const size_t k = static_cast<size_t>(i - first);
+            const std::string& file = files[static_cast<size_t>(i)];
+            imaging::ReadOptions ro;
+            ro.frame = 0;
+            ro.apply_rescale = false;       // stored values: the device applies slope/intercept
+            ro.invert_monochrome1 = false;  // and MONOCHROME1, with the reader's semantics
+            auto r = imaging::read_dicom(file, ro);
+            if (r.ok() && (r->has_modality_lut || r->colour_converted)) {
+              // Not expressible as slope/intercept: the reader converts, the device only resizes.
+              imaging::ReadOptions full;
+              full.frame = 0;
+              r = imaging::read_dicom(file, full);
+            } else if (r.ok()) {
+              auto& p = params[k];
+              p.slope = static_cast<float>(r->rescale_slope);
+              p.intercept = static_cast<float>(r->rescale_intercept);
+              p.invert = r->photometric == "MONOCHROME1";
+              p.is_signed = r->is_signed;
+              p.bits = r->bits_stored;
+            }
+            progress->advance();
+            if (!r.ok()) {
+              (*results)[static_cast<size_t>(i)].error = r.status().message();
+              continue;
+            }
+            px[k] = std::move(r).value();
+            (*results)[static_cast<size_t>(i)].ok = true;
+          }
+        };
+        std::vector<std::thread> pool;
+        for (int64_t t = 1; t < std::min<int64_t>(threads, last - first); ++t) pool.emplace_back(work);
+        work();
+        for (auto& t : pool) t.join();
+        // One [g, rows, cols] block per image size (copied to the device); host: the blocks' file
+        // indices and their per-image parameters as [g, kParams] floats.
+        HostBatch hb;
+        std::vector<bool> done(px.size(), false);
+        for (size_t k = 0; k < px.size(); ++k) {
+          if (done[k] || !(*results)[static_cast<size_t>(first) + k].ok) continue;
+          const int rows = px[k].rows, cols = px[k].columns;
+          std::vector<size_t> members;
+          for (size_t m = k; m < px.size(); ++m) {
+            if (!done[m] && (*results)[static_cast<size_t>(first) + m].ok && px[m].rows == rows &&
+                px[m].columns == cols) {
+              members.push_back(m);
+              done[m] = true;
+            }
+          }
+          const int64_t g = static_cast<int64_t>(members.size());
+          const int64_t plane = static_cast<int64_t>(rows) * cols;
+          auto raw = empty_host({g, rows, cols}, torch::kFloat32, pinned);
+          auto idx = torch::empty({g}, torch::kLong);
+          auto par = torch::empty({g, kParams}, torch::kFloat32);
+          for (int64_t j = 0; j < g; ++j) {
+            const size_t m = members[static_cast<size_t>(j)];
+            std::copy(px[m].pixels.begin(), px[m].pixels.begin() + plane, raw.data_ptr<float>() + j * plane);
+            idx.data_ptr<int64_t>()[j] = first + static_cast<int64_t>(m);
+            const auto& q = params[m];
+            const float v[kParams] = {q.slope, q.intercept, q.invert ? 1.f : 0.f, q.is_signed ? 1.f : 0.f,
+                                      static_cast<float>(q.bits), q.window_center, q.window_width};
+            std::copy(v, v + kParams, par.data_ptr<float>() + j * kParams);
+          }
+          hb.tensors.push_back(raw);
+          hb.host.push_back(idx);
+          hb.host.push_back(par);
+        }
+        return hb;
+      },
+      options.device, lo);
+  std::vector<torch::Tensor> dev, host;
+  while (loader.next(&dev, &host)) {
+    for (size_t g = 0; g < dev.size(); ++g) {
+      const auto par = host[2 * g + 1].contiguous();
+      std::vector<cuda::PixelParams> params(static_cast<size_t>(par.size(0)));
+      for (size_t j = 0; j < params.size(); ++j) {
+        const float* v = par.data_ptr<float>() + j * kParams;
+        params[j].slope = v[0];
+        params[j].intercept = v[1];
+        params[j].invert = v[2] != 0;
+        params[j].is_signed = v[3] != 0;
+        params[j].bits = static_cast<int>(v[4]);
+        params[j].window_center = v[5];
+        params[j].window_width = v[6];
+      }
+      auto out = cuda::preprocess_images(dev[g], params, s, mode);
+      all.index_copy_(0, host[2 * g].to(options.device), out);
+    }
+  }
+  return all;
+}
+
 }  // namespace
+
+StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data, const LoadOptions& options) {
+  const bool on_device = options.device_preprocess.value_or(options.device.is_cuda());
+  if (!on_device) {
+    FEDRAD_ASSIGN_OR_RETURN(auto set, load_image_set(dir, data, options.threads));
+    to_device(&set, options.device);
+    return set;
+  }
+  FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
+  std::vector<std::string> files;
+  std::vector<float> labels;
+  for (const auto& f : index.files) {
+    files.push_back(f.path);
+    labels.push_back(static_cast<float>(f.label));
+  }
+  if (files.empty()) return not_found(dir + ": labels.csv lists no existing file");
+  Progress progress("data", "decoding " + dir + " (converting on " + options.device.str() + ")", files.size(),
+                    "images");
+  std::vector<Decoded> decoded(files.size());
+  torch::Tensor all;
+  try {
+    all = decode_on_device(files, data, options, &decoded, &progress);
+  } catch (const std::exception& e) {
+    return internal_error(dir + ": preprocessing on " + options.device.str() + " failed: " + e.what());
+  }
+  ImageSet set = assemble(files, labels, decoded, all.view({all.size(0), -1}), data.input_size);
+  set.labels = set.labels.to(options.device);
+  progress.finish(std::to_string(set.size()) + " usable");
+  set.index = std::move(index);
+  auto log = logger("data");
+  for (const auto& p : set.unreadable) log->warn("skipping unreadable file {}", p.reason);
+  if (set.size() == 0) return corrupt(dir + ": none of the " + std::to_string(files.size()) + " labelled files could be read");
+  return set;
+}
 
 StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data, int threads) {
   FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
@@ -121,6 +271,11 @@ StatusOr<ImageSet> load_unlabelled(const std::vector<std::string>& files, const 
   progress.finish();
   std::vector<float> labels(files.size(), -1.0f);
   return assemble(files, labels, decoded, all, s);
+}
+
+void to_device(ImageSet* set, const torch::Device& device) {
+  if (set->images.defined()) set->images = set->images.to(device);
+  if (set->labels.defined()) set->labels = set->labels.to(device);
 }
 
 ImageSet concat(const std::vector<const ImageSet*>& sets) {

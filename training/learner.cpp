@@ -17,7 +17,15 @@ TorchLearner::TorchLearner(const StudyConfig& config, ImageSet train, ImageSet v
       train_(std::move(train)),
       val_(std::move(val)),
       site_index_(site_index),
-      model_(classifier_options(config)) {}
+      model_(classifier_options(config)) {
+  // The caller (apps/study.cpp) has resolved train.device already and reported any error.
+  auto device = resolve_device(config.train.device);
+  if (device.ok() && device->is_cuda()) {
+    to_device(&train_, *device);
+    to_device(&val_, *device);
+    place_model(*model_, *device, config.train.channels_last);
+  }
+}
 
 fed::Weights TorchLearner::with_local_norm(const fed::Weights& global) const {
   return keep_local_norm_ ? with_local_tensors(global, local_norm_) : global;

@@ -1,5 +1,7 @@
 #include "training/segmentation.h"
 
+#include "training/loader.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -8,6 +10,7 @@
 
 #include "common/log.h"
 #include "training/checkpoint.h"
+#include "training/loader.h"
 
 namespace fedrad::training {
 namespace {
@@ -162,6 +165,10 @@ SegFitOptions seg_fit_options_from(const StudyConfig& config, int epochs, uint64
 
 FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& options) {
   const auto t0 = Clock::now();
+  const torch::Device device = options.fit.device;
+  const Precision& precision = options.fit.precision;
+  // 3-D patches stay NCDHW: channels-last applies to the 2-D U-Net's weights only.
+  place_model(*net, device, precision.channels_last && net->options().dims == 2);
   net->train();
   std::vector<torch::Tensor> params = net->parameters();
   std::vector<torch::Tensor> anchor;
@@ -170,6 +177,9 @@ FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& opt
   std::unique_ptr<torch::optim::Optimizer> fresh;
   if (!options.fit.kept_optimizer) fresh = make_optimizer(params, options.fit);
   torch::optim::Optimizer* opt = options.fit.kept_optimizer ? options.fit.kept_optimizer : fresh.get();
+  GradScaler::Options so;
+  so.enabled = precision.amp && precision.amp_dtype == torch::kFloat16;
+  GradScaler scaler(so);
   std::mt19937_64 rng(options.fit.seed * 0x9E3779B97F4A7C15ull + 17);
   const int batch = std::max(1, options.fit.batch_size);
   const int64_t per_epoch = std::max<int64_t>(1, data.size() * options.patches_per_case);
@@ -179,24 +189,53 @@ FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& opt
   stats.samples = data.size();
   for (int epoch = 0; epoch < options.fit.epochs; ++epoch) {
     for (auto& group : opt->param_groups()) group.options().set_lr(scheduled_lr(options.fit, epoch));
+    // Patches are sampled and augmented on the host by one worker, in step order (the same draws
+    // from rng as a plain loop), while the device trains on the previous batch.
+    BatchLoader loader(
+        steps,
+        [&](int64_t s, bool pinned) {
+          const int n = static_cast<int>(std::min<int64_t>(batch, per_epoch - s * batch));
+          PatchBatch b = sample_patches(data, n, options.patch, options.foreground_fraction, rng);
+          if (options.fit.augment) augment_patches(&b, flip_z, rng);
+          HostBatch hb;
+          if (pinned) {
+            hb.tensors = {empty_host(b.image.sizes(), b.image.scalar_type(), true).copy_(b.image),
+                          empty_host(b.target.sizes(), b.target.scalar_type(), true).copy_(b.target)};
+          } else {
+            hb.tensors = {b.image, b.target};
+          }
+          return hb;
+        },
+        device);
     double loss_sum = 0;
-    for (int64_t s = 0; s < steps; ++s) {
-      const int n = static_cast<int>(std::min<int64_t>(batch, per_epoch - s * batch));
-      PatchBatch b = sample_patches(data, n, options.patch, options.foreground_fraction, rng);
-      if (options.fit.augment) augment_patches(&b, flip_z, rng);
+    torch::Tensor loss_acc;
+    std::vector<torch::Tensor> t;
+    while (loader.next(&t)) {
       opt->zero_grad();
-      auto loss = dice_ce_loss(seg_forward(net, b.image), b.target);
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(precision.amp, precision.amp_dtype);
+        loss = dice_ce_loss(seg_forward(net, t[0]).to(torch::kFloat32), t[1]);
+      }
       auto objective = loss;
       if (options.prox_mu > 0) {
-        auto prox = torch::zeros({});
+        auto prox = torch::zeros({}, loss.options());
         for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - anchor[i]).pow(2).sum();
         objective = loss + 0.5 * options.prox_mu * prox;
       }
-      objective.backward();
-      opt->step();
-      loss_sum += loss.item<double>();
+      scaler.scale(objective).backward();
+      if (options.fit.after_backward) options.fit.after_backward(params);
+      scaler.step(*opt, params);
+      if (device.is_cpu()) {
+        loss_sum += loss.item<double>();
+      } else {
+        loss_acc = loss_acc.defined() ? loss_acc + loss.detach() : loss.detach();
+      }
     }
+    if (loss_acc.defined()) loss_sum = loss_acc.item<double>();
     stats.loss = loss_sum / static_cast<double>(steps);
+    stats.loader_wait_seconds += loader.stats().wait_seconds;
+    stats.skipped_steps = scaler.skipped_steps();
     if (options.fit.on_epoch) options.fit.on_epoch(epoch, stats.loss);
   }
   stats.seconds = seconds_since(t0);
@@ -266,8 +305,11 @@ SlidingWindowOptions sliding_window_options_from(const StudyConfig& config) {
 torch::Tensor predict_probabilities(models::UNet& net, const imaging::SegCase& c, const SlidingWindowOptions& options) {
   torch::NoGradGuard no_grad;
   net->eval();
+  const torch::Device device = device_of(*net);  // windows go to the model's device and back
   return sliding_window(
-      image_tensor(c), [&](const torch::Tensor& x) { return torch::softmax(seg_forward(net, x), 1); }, options);
+      image_tensor(c),
+      [&](const torch::Tensor& x) { return torch::softmax(seg_forward(net, x.to(device)), 1).to(torch::kCPU); },
+      options);
 }
 
 std::vector<uint8_t> argmax_classes(const torch::Tensor& probabilities) {
@@ -308,7 +350,11 @@ SegLearner::SegLearner(const StudyConfig& config, SegSet train, SegSet val, int 
       train_(std::move(train)),
       val_(std::move(val)),
       site_index_(site_index),
-      model_(unet_options(config)) {}
+      model_(unet_options(config)) {
+  // The caller has resolved train.device already and reported any error.
+  auto device = resolve_device(config.train.device);
+  if (device.ok() && device->is_cuda()) place_model(*model_, *device, false);
+}
 
 StatusOr<fed::FitReport> SegLearner::fit(const fed::Weights& global, const fed::RoundSettings& settings) {
   try {

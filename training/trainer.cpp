@@ -9,6 +9,8 @@
 #include <spdlog/fmt/fmt.h>
 
 #include "common/progress.h"
+#include "cuda/torch_ops.h"
+#include "training/loader.h"
 
 namespace fedrad::training {
 
@@ -24,6 +26,9 @@ FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed
   o.augment = config.data.augment;
   o.hflip = config.data.hflip;
   if (config.train.lr_schedule == "cosine") o.schedule_epochs = epochs;
+  auto device = resolve_device(config.train.device);
+  if (device.ok()) o.device = *device;  // the callers resolve it first and report the error
+  o.precision = precision_for(config.train, o.device);
   return o;
 }
 
@@ -61,23 +66,40 @@ torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen)
   auto cos = torch::cos(angle) / scale, sin = torch::sin(angle) / scale;
   auto theta = torch::stack({torch::stack({cos * flip, -sin, tx}, 1), torch::stack({sin * flip, cos, ty}, 1)}, 1);
   namespace F = torch::nn::functional;
-  auto grid = F::affine_grid(theta.to(x.dtype()), x.sizes().vec(), /*align_corners=*/false);
+  auto grid = F::affine_grid(theta.to(x.device(), x.dtype()), x.sizes().vec(), /*align_corners=*/false);
   auto out = F::grid_sample(x, grid, F::GridSampleFuncOptions().mode(torch::kBilinear).padding_mode(torch::kBorder).align_corners(false));
   // Intensity jitter: contrast x0.9..1.1 and brightness +-0.1 (inputs are roughly in [-1, 1]).
-  auto contrast = uniform(0.9, 1.1).view({n, 1, 1, 1});
-  auto brightness = uniform(-0.1, 0.1).view({n, 1, 1, 1});
+  auto contrast = uniform(0.9, 1.1).view({n, 1, 1, 1}).to(x.device(), x.dtype());
+  auto brightness = uniform(-0.1, 0.1).view({n, 1, 1, 1}).to(x.device(), x.dtype());
   return out * contrast + brightness;
 }
 
 torch::Tensor proximal_term(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& anchor,
                             double mu) {
-  torch::Tensor sum = torch::zeros({}, torch::kFloat);
+  torch::Tensor sum = torch::zeros({}, params.empty() ? torch::TensorOptions(torch::kFloat)
+                                                      : params.front().options().dtype(torch::kFloat));
   for (size_t i = 0; i < params.size(); ++i) sum = sum + (params[i] - anchor[i]).pow(2).sum();
   return sum * (mu / 2.0);
 }
 
+torch::Device device_of(torch::nn::Module& module) {
+  auto params = module.parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+}
+
+void place_model(torch::nn::Module& module, const torch::Device& device, bool channels_last) {
+  module.to(device);
+  if (!channels_last) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters())
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+}
+
 FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& options) {
   const auto start = std::chrono::steady_clock::now();
+  const torch::Device device = options.device;
+  const Precision& precision = options.precision;
+  place_model(*model, device, precision.channels_last);
   model->train();
   const std::vector<torch::Tensor> params = model->parameters();
   std::unique_ptr<torch::optim::Optimizer> fresh;
@@ -86,8 +108,14 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
   std::vector<torch::Tensor> anchor;
   if (options.prox_mu > 0)
     for (const auto& p : params) anchor.push_back(p.detach().clone());
+  // float16 autocast needs loss scaling (small gradients underflow); bfloat16 has float32's range.
+  GradScaler::Options so;
+  so.enabled = precision.amp && precision.amp_dtype == torch::kFloat16;
+  GradScaler scaler(so);
   auto gen = at::detail::createCPUGenerator(options.seed);
   const int64_t n = data.size();
+  // A set already on the device is batched there; any other streams through a BatchLoader.
+  const bool resident = !options.stream && data.images.device() == device;
   FitStats stats;
   stats.samples = n;
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
@@ -98,29 +126,78 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
                                                          std::to_string(options.epochs),
                                             static_cast<uint64_t>(n), "images");
     auto perm = torch::randperm(n, gen, torch::kLong);
-    double loss_sum = 0;
-    int64_t seen = 0;
+    // The epoch's batches: [begin, end) of perm; a batch of one breaks batch norm and is skipped.
+    std::vector<std::pair<int64_t, int64_t>> batches;
     for (int64_t begin = 0; begin < n; begin += options.batch_size) {
       const int64_t end = std::min(n, begin + options.batch_size);
-      if (end - begin < 2 && n >= 2) continue;  // a batch of one breaks batch norm
-      auto idx = perm.slice(0, begin, end);
-      auto x = data.images.index_select(0, idx);
-      auto y = data.labels.index_select(0, idx);
-      if (options.augment) x = augment(x, options.hflip, gen);
+      if (end - begin < 2 && n >= 2) continue;
+      batches.emplace_back(begin, end);
+    }
+    std::unique_ptr<BatchLoader> loader;
+    torch::Tensor perm_on_device;
+    if (resident) {
+      perm_on_device = perm.to(device);
+    } else {
+      loader = std::make_unique<BatchLoader>(
+          static_cast<int64_t>(batches.size()),
+          [&](int64_t b, bool pinned) {
+            auto idx = perm.slice(0, batches[b].first, batches[b].second);
+            HostBatch hb;
+            auto x = empty_host({idx.size(0), data.images.size(1), data.images.size(2), data.images.size(3)},
+                                torch::kFloat32, pinned);
+            auto y = empty_host({idx.size(0)}, torch::kFloat32, pinned);
+            torch::index_select_out(x, data.images, 0, idx);
+            torch::index_select_out(y, data.labels, 0, idx);
+            hb.tensors = {x, y};
+            return hb;
+          },
+          device);
+    }
+    double loss_sum = 0;
+    torch::Tensor loss_acc;  // on a GPU the running loss stays there: no host sync per batch
+    int64_t seen = 0;
+    for (const auto& [begin, end] : batches) {
+      torch::Tensor x, y;
+      if (loader) {
+        std::vector<torch::Tensor> t;
+        loader->next(&t);
+        x = t[0], y = t[1];
+      } else {
+        auto idx = perm_on_device.slice(0, begin, end);
+        x = data.images.index_select(0, idx);
+        y = data.labels.index_select(0, idx);
+      }
+      // On a GPU the fused augmentation kernel (cuda/torch_ops.h; same draws from gen, same
+      // result as augment(), tested on the CPU) replaces torch's affine_grid + grid_sample chain.
+      if (options.augment) x = x.is_cuda() ? cuda::augment_images(x, options.hflip, gen) : augment(x, options.hflip, gen);
+      if (precision.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
       opt->zero_grad();
-      auto logits = model->forward(x).squeeze(1);
-      auto loss = torch::binary_cross_entropy_with_logits(logits, y);
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(precision.amp, precision.amp_dtype);
+        auto logits = model->forward(x).squeeze(1);
+        loss = torch::binary_cross_entropy_with_logits(logits.to(torch::kFloat32), y);
+      }
       auto objective = options.prox_mu > 0 ? loss + proximal_term(params, anchor, options.prox_mu) : loss;
-      objective.backward();
-      opt->step();
-      loss_sum += loss.item<double>() * static_cast<double>(end - begin);
+      scaler.scale(objective).backward();
+      if (options.after_backward) options.after_backward(params);
+      scaler.step(*opt, params);
+      if (device.is_cpu()) {
+        loss_sum += loss.item<double>() * static_cast<double>(end - begin);
+      } else {
+        auto l = loss.detach() * static_cast<double>(end - begin);
+        loss_acc = loss_acc.defined() ? loss_acc + l : l;
+      }
       seen += end - begin;
       if (progress) {
-        progress->set_detail(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(seen)));
+        if (device.is_cpu()) progress->set_detail(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(seen)));
         progress->set(static_cast<uint64_t>(end));
       }
     }
+    if (loss_acc.defined()) loss_sum = loss_acc.item<double>();
     stats.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
+    if (loader) stats.loader_wait_seconds += loader->stats().wait_seconds;
+    stats.skipped_steps = scaler.skipped_steps();
     if (progress && options.on_epoch) progress->dismiss();  // the caller logs the epoch
     else if (progress) progress->finish(fmt::format("loss {:.4f}", stats.loss));
     if (options.on_epoch) options.on_epoch(epoch, stats.loss);
@@ -132,13 +209,14 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
 Predictions predict(models::Classifier& model, const ImageSet& data, int batch_size) {
   torch::NoGradGuard no_grad;
   model->eval();
+  const torch::Device device = device_of(*model);
   Predictions p;
   const int64_t n = data.size();
   double loss_sum = 0;
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     const int64_t end = std::min(n, begin + batch_size);
-    auto logits = model->forward(data.images.slice(0, begin, end)).squeeze(1);
-    auto y = data.labels.slice(0, begin, end);
+    auto logits = model->forward(data.images.slice(0, begin, end).to(device)).squeeze(1).to(torch::kCPU);
+    auto y = data.labels.slice(0, begin, end).to(torch::kCPU);
     auto probs = torch::sigmoid(logits).contiguous();
     const float* pp = probs.data_ptr<float>();
     const auto yc = y.contiguous();

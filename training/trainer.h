@@ -14,6 +14,7 @@
 #include "common/metrics.h"
 #include "models/classifier.h"
 #include "training/dataset.h"
+#include "training/device.h"
 
 namespace fedrad::training {
 
@@ -42,6 +43,20 @@ struct FitOptions {
   // its Adam moments from round to round: train.keep_optimizer_state); null = a fresh one per call.
   // Its learning rate is set from `lr` and the schedule like a fresh one's.
   torch::optim::Optimizer* kept_optimizer = nullptr;
+  // Called after each batch's backward pass and before the optimiser step, with the model's
+  // parameters (their .grad() filled): data-parallel training across a site's GPUs all-reduces the
+  // gradients here (training/data_parallel.h). Every process of such a site runs the same number
+  // of batches. Null = none.
+  std::function<void(const std::vector<torch::Tensor>& params)> after_backward;
+  // Where the model lives and how it runs (training/device.h). The images may be on the device
+  // already (a GPU site keeps its decoded set there) or in host memory, in which case batches
+  // stream through a BatchLoader (training/loader.h): gathered into pinned buffers while the
+  // device works on the previous batch, copied asynchronously.
+  torch::Device device = torch::kCPU;
+  Precision precision;
+  // Streams the batches through a BatchLoader even when the set is on the device already (the
+  // tests use it to check that both paths train the same model).
+  bool stream = false;
 };
 
 FitOptions fit_options_from(const StudyConfig& config, int epochs, uint64_t seed);
@@ -57,6 +72,8 @@ struct FitStats {
   double loss = 0;        // mean training loss of the last epoch
   int64_t samples = 0;    // samples per epoch
   double seconds = 0;
+  double loader_wait_seconds = 0;  // time the device waited for host batches (streamed sets)
+  int64_t skipped_steps = 0;       // float16 steps skipped for inf/NaN gradients (loss scaling)
 };
 
 // Trains `model` on `data` in place. The optimiser is fresh for each call (FedAvg sites restart
@@ -69,11 +86,19 @@ struct Predictions {
   double loss = 0;            // mean BCE (when labels are known)
 };
 
-// Scores every image, in eval mode, without gradients.
+// Scores every image, in eval mode, without gradients, on the device the model is on.
 Predictions predict(models::Classifier& model, const ImageSet& data, int batch_size = 256);
 
+// The device of a module's first parameter (CPU for a module without parameters).
+torch::Device device_of(torch::nn::Module& module);
+
+// Moves a module to `device` and, with channels_last, its 4-D weights to NHWC (PyTorch's
+// model.to(memory_format=torch.channels_last)).
+void place_model(torch::nn::Module& module, const torch::Device& device, bool channels_last);
+
 // Random shifts, small rotations and scaling, optional horizontal flips and brightness/contrast
-// jitter, drawn from `gen` so that a run is reproducible. x: [N, 1, S, S].
+// jitter, drawn from `gen` (a CPU generator) so that a run is reproducible. x: [N, 1, S, S] on
+// any device; the result is on x's device.
 torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen);
 
 // The proximal term of FitOptions::prox_mu for parameters `params` against `anchor` (same order).
