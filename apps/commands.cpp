@@ -77,6 +77,18 @@ int run_cli(int argc, char** argv) {
   site->add_option("--threads", threads, "compute threads (default: train.threads)");
   site->add_option("--keys", keys_dir, "CurveZMQ keys folder (default: federation.keys_dir; see `fedrad keys`)");
 
+  // Started by `site` for train.data_parallel > 1: one more rank of that site (hidden).
+  auto* site_worker = app.add_subcommand("site-worker", "A data-parallel rank of a site (started by `site`)");
+  site_worker->group("");
+  int rank = 0, world = 0;
+  site_worker->add_option("--config", config_path, "the site's effective config")->required()->check(CLI::ExistingFile);
+  site_worker->add_option("--data", data, "the site's folder")->required()->check(CLI::ExistingDirectory);
+  site_worker->add_option("--site-id", site_id, "the site's name")->required();
+  site_worker->add_option("--rank", rank, "this rank")->required()->check(CLI::Range(1, 63));
+  site_worker->add_option("--world", world, "ranks of the site")->required()->check(CLI::Range(2, 64));
+  site_worker->add_option("--control", address, "rank 0's control endpoint")->required();
+  site_worker->add_option("--threads", threads, "compute threads");
+
   auto* keys = app.add_subcommand("keys", "Create CurveZMQ key pairs for the coordinator and each site");
   keys->add_option("--out", out, "keys folder (kept keys are not replaced)")->required();
   keys->add_option("--config", config_path, "study config whose `sites` get keys")->check(CLI::ExistingFile);
@@ -184,6 +196,11 @@ int run_cli(int argc, char** argv) {
     if (!c.ok()) return report(c.status());
     if (Status st = need_keys(*c); !st.ok()) return report(st);
     return report(app::site(*c, data, site_id, address, threads, audit_log));
+  }
+  if (*site_worker) {
+    auto c = load();
+    if (!c.ok()) return report(c.status());
+    return report(app::site_worker(*c, data, site_id, rank, world, address, threads));
   }
   if (*keys) {
     std::vector<std::string> names = sites;

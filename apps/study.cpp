@@ -35,6 +35,7 @@
 #include "imaging/site_index.h"
 #include "imaging/synthetic.h"
 #include "training/checkpoint.h"
+#include "training/data_parallel.h"
 #include "training/dataset.h"
 #include "training/learner.h"
 #include "training/trainer.h"
@@ -467,7 +468,8 @@ Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir,
   return recorder.finish();
 }
 
-// Starts `fedrad site ...` as a child that dies with its parent; its output goes to `log_path`.
+// Starts `fedrad site ...` as a child that dies with its parent; its output goes to `log_path`
+// ("" = this process's output).
 StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::string& log_path) {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -478,7 +480,7 @@ StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::stri
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(1);
-    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = log_path.empty() ? -1 : ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       ::dup2(fd, STDOUT_FILENO);
       ::dup2(fd, STDERR_FILENO);
@@ -489,6 +491,98 @@ StatusOr<pid_t> spawn_site(const std::vector<std::string>& args, const std::stri
   }
   return pid;
 }
+
+int site_index(const StudyConfig& config, const std::string& site_id) {
+  for (size_t i = 0; i < config.sites.size(); ++i)
+    if (config.sites[i] == site_id) return static_cast<int>(i) + 1;
+  return 0;
+}
+
+// Ranks 1.. of a data-parallel site (train.data_parallel > 1) as `fedrad site-worker` children
+// that die with this process. Their control channel is an ipc socket in a fresh folder only this
+// user can enter (the gradients and weights never touch the network). The destructor, after the
+// learner has sent STOP, waits for them a while, then kills what is left. A worker that dies or
+// fails before that ends the site: a lockstep group cannot train with a rank missing.
+class SiteWorkers {
+ public:
+  static StatusOr<std::unique_ptr<SiteWorkers>> start(const StudyConfig& config, const std::string& site_dir,
+                                                       const std::string& site_id, int threads) {
+    std::unique_ptr<SiteWorkers> w(new SiteWorkers);
+    std::string tmpl = (fs::temp_directory_path() / "fedrad-dp-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) return io_error(tmpl + ": cannot create the data-parallel control folder");
+    w->dir_ = tmpl;
+    w->address_ = "ipc://" + tmpl + "/control";
+    const std::string config_path = tmpl + "/config.yaml";
+    std::ofstream cfg(config_path);
+    cfg << to_yaml(config);
+    if (!cfg) return io_error(config_path + ": cannot write");
+    const int world = config.train.data_parallel;
+    w->threads_ = std::max(1, (threads > 0 ? threads : cores()) / world);
+    const auto level = logger(site_id)->level();
+    for (int r = 1; r < world; ++r) {
+      std::vector<std::string> args = {"fedrad", "site-worker", "--config", config_path, "--data", site_dir,
+                                       "--site-id", site_id, "--rank", std::to_string(r), "--world",
+                                       std::to_string(world), "--control", w->address_, "--threads",
+                                       std::to_string(w->threads_)};
+      if (level <= spdlog::level::debug) args.push_back("--verbose");
+      else if (level >= spdlog::level::warn) args.push_back("--quiet");
+      FEDRAD_ASSIGN_OR_RETURN(pid_t pid, spawn_site(args, ""));
+      w->pids_.push_back(pid);
+    }
+    w->watcher_ = std::thread([raw = w.get(), site_id] { raw->watch(site_id); });
+    return w;
+  }
+
+  ~SiteWorkers() {
+    done_ = true;
+    if (watcher_.joinable()) watcher_.join();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (pid_t pid : pids_) {
+      int status = 0;
+      while (::waitpid(pid, &status, WNOHANG) == 0) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          ::kill(pid, SIGKILL);
+          ::waitpid(pid, &status, 0);
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  const std::string& address() const { return address_; }
+  int threads() const { return threads_; }
+
+ private:
+  SiteWorkers() = default;
+
+  void watch(const std::string& site_id) {
+    while (!done_) {
+      for (pid_t pid : pids_) {
+        siginfo_t info{};  // WNOWAIT: the destructor still reaps it
+        if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != pid)
+          continue;
+        // Exit 0 is a worker leaving at rank 0's STOP (shutdown, racing this destructor); a worker
+        // stopped during a failed fit exits with an error.
+        if (done_ || (info.si_code == CLD_EXITED && info.si_status == 0)) continue;
+        logger(site_id)->error("data-parallel worker process {} stopped ({} {}); the site stops too", pid,
+                               info.si_code == CLD_EXITED ? "exit code" : "signal", info.si_status);
+        for (pid_t other : pids_) ::kill(other, SIGKILL);
+        std::fflush(nullptr);
+        std::_Exit(1);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  std::string dir_, address_;
+  int threads_ = 1;
+  std::vector<pid_t> pids_;
+  std::atomic<bool> done_{false};
+  std::thread watcher_;
+};
 
 }  // namespace
 
@@ -598,13 +692,19 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   const int n = threads > 0 ? threads : config.train.threads;
   training::set_threads(n);
   auto log = logger(site_id);
-  int index = 0;
-  for (size_t i = 0; i < config.sites.size(); ++i)
-    if (config.sites[i] == site_id) index = static_cast<int>(i) + 1;
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
+  training::configure_backend(config.train, device);
+  log->info("training on {}", training::describe_device(device));
+  const int index = site_index(config, site_id);
+  std::unique_ptr<SiteWorkers> workers;  // train.data_parallel > 1; outlives the learner, which stops them
   std::unique_ptr<fed::Learner> learner_ptr;
   if (config.segmentation_task()) {
     FEDRAD_ASSIGN_OR_RETURN(learner_ptr, make_seg_learner(config, site_dir, site_id, index, n));
   } else {
+    if (config.train.data_parallel > 1) {  // started first: they load their data while this one does
+      FEDRAD_ASSIGN_OR_RETURN(workers, SiteWorkers::start(config, site_dir, site_id, n));
+      training::set_threads(workers->threads());
+    }
     const auto t0 = std::chrono::steady_clock::now();
     auto train = training::load_image_set(site_dir + "/train", config.data, n);
     if (!train.ok()) return train.status().with_context("site " + site_id);
@@ -615,7 +715,17 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
               train->unreadable.size() + val->unreadable.size(),
               train->index.unlabelled.size() + val->index.unlabelled.size());
-    learner_ptr = std::make_unique<training::TorchLearner>(config, std::move(train).value(), std::move(val).value(), index);
+    if (workers) {
+      training::DataParallelOptions dp;
+      dp.world = config.train.data_parallel;
+      dp.control_address = workers->address();
+      dp.connect_timeout_s = config.federation.join_timeout_s;
+      auto learner = training::DataParallelLearner::create(config, *train, std::move(val).value(), index, dp);
+      if (!learner.ok()) return learner.status().with_context("site " + site_id);
+      learner_ptr = std::move(learner).value();
+    } else {
+      learner_ptr = std::make_unique<training::TorchLearner>(config, std::move(train).value(), std::move(val).value(), index);
+    }
   }
   fed::Learner& learner = *learner_ptr;
   fed::SiteOptions o;
@@ -649,6 +759,20 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   return fed::run_site(learner, o);
 }
 
+Status site_worker(const StudyConfig& config, const std::string& site_dir, const std::string& site_id, int rank,
+                   int world, const std::string& control, int threads) {
+  const int n = threads > 0 ? threads : config.train.threads;
+  training::set_threads(n);
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device,
+                          training::resolve_device(training::rank_device(config.train.device, rank)));
+  training::configure_backend(config.train, device);
+  auto train = training::load_image_set(site_dir + "/train", config.data, n);
+  if (!train.ok()) return train.status().with_context("site " + site_id + " rank " + std::to_string(rank));
+  // Silent for as long as the site itself may wait for the coordinator: rank 0 then is gone.
+  const double idle_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  return training::run_data_parallel_worker(config, *train, site_index(config, site_id), rank, world, control, idle_s);
+}
+
 Status audit_verify(const std::string& log_path) {
   FEDRAD_ASSIGN_OR_RETURN(auto summary, fed::verify_audit_log(log_path));
   std::fputs(fed::describe(summary, log_path).c_str(), stdout);
@@ -665,6 +789,9 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
   training::set_threads(config.train.threads);
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
   auto log = logger("train");
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
+  training::configure_backend(config.train, device);
+  log->info("training on {}", training::describe_device(device));
   std::vector<training::ImageSet> trains, vals;
   for (size_t i = 0; i < sites.size(); ++i) {
     const std::string& s = sites[i];
@@ -684,6 +811,8 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
   for (auto& t : trains) tp.push_back(&t);
   for (auto& v : vals) vp.push_back(&v);
   training::ImageSet train_set = training::concat(tp), val_set = training::concat(vp);
+  training::to_device(&train_set, device);  // decoded once, then everything stays on the device
+  training::to_device(&val_set, device);
 
   try {
     torch::manual_seed(config.seed);

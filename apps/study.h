@@ -34,6 +34,12 @@ Status write_keys(const std::string& dir, const std::vector<std::string>& sites)
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
             const std::string& address, int threads, const std::string& audit_log = "");
 
+// A data-parallel rank 1.. of a site (train.data_parallel > 1): `site` starts world - 1 of these
+// as child processes with the site's effective config; each trains its shard in lockstep with
+// rank 0 over `control` (training/data_parallel.h) and never talks to the coordinator.
+Status site_worker(const StudyConfig& config, const std::string& site_dir, const std::string& site_id, int rank,
+                   int world, const std::string& control, int threads);
+
 // `fedrad audit verify LOG`: checks the hash chain and prints what left the site. Returns an error
 // naming the first bad record when the log was tampered with.
 Status audit_verify(const std::string& log_path);

@@ -83,6 +83,13 @@ Status check(bool ok, const StudyConfig& c, const std::string& key, const std::s
   return invalid_argument(c.source + ": " + key + ": " + expected);
 }
 
+// cpu, cuda, or cuda:N with N a non-negative integer.
+bool valid_device(const std::string& d) {
+  if (d == "cpu" || d == "cuda") return true;
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 8) return false;
+  return d.find_first_not_of("0123456789", 5) == std::string::npos;
+}
+
 bool one_of(const std::string& v, std::initializer_list<const char*> options) {
   for (const char* o : options)
     if (v == o) return true;
@@ -204,8 +211,30 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.train.threads >= 0, c, "train.threads", "must be >= 0"));
   FEDRAD_RETURN_IF_ERROR(check(!(c.train.keep_optimizer_state && c.privacy.dp_sgd), c, "train.keep_optimizer_state",
                                "cannot be used with privacy.dp_sgd (DP-SGD's optimiser starts fresh each round)"));
-  FEDRAD_RETURN_IF_ERROR(check(c.train.device == "cpu" || c.train.device.rfind("cuda", 0) == 0, c, "train.device",
-                               "must be cpu, cuda or cuda:N"));
+  FEDRAD_RETURN_IF_ERROR(check(valid_device(c.train.device), c, "train.device",
+                               "must be cpu, cuda or cuda:N (N a device index)"));
+  FEDRAD_RETURN_IF_ERROR(check(one_of(c.train.amp_dtype, {"float16", "bfloat16"}), c, "train.amp_dtype",
+                               "must be float16 or bfloat16"));
+  FEDRAD_RETURN_IF_ERROR(check(!c.train.amp || c.train.device != "cpu", c, "train.amp",
+                               "needs train.device cuda or cuda:N (mixed precision is a GPU feature here)"));
+  FEDRAD_RETURN_IF_ERROR(check(!(c.train.amp && c.privacy.dp_sgd), c, "train.amp",
+                               "cannot be used with privacy.dp_sgd (per-sample clipping runs in float32)"));
+  FEDRAD_RETURN_IF_ERROR(check(c.train.data_parallel >= 1 && c.train.data_parallel <= 64, c, "train.data_parallel",
+                               "must be in 1..64 (processes per site)"));
+  if (c.train.data_parallel > 1) {
+    FEDRAD_RETURN_IF_ERROR(check(!c.segmentation_task(), c, "train.data_parallel",
+                                 "must be 1 for task: segmentation (the U-Net trainer has no gradient all-reduce yet)"));
+    // DP-SGD adds its noise to each step's clipped gradient sum in its own loop; split over
+    // processes, each would add its own noise (and the accountant's sampling rate would be wrong).
+    FEDRAD_RETURN_IF_ERROR(check(!c.privacy.dp_sgd, c, "train.data_parallel",
+                                 "must be 1 with privacy.dp_sgd (its per-sample clipping and noise run in one "
+                                 "process; split over several, the noise and the privacy accounting would be wrong)"));
+    // The trainer skips batches of one (batch norm), so each process needs at least two images.
+    FEDRAD_RETURN_IF_ERROR(check(c.train.batch_size / c.train.data_parallel >= 2, c, "train.data_parallel",
+                                 "leaves fewer than 2 images per process and batch (train.batch_size " +
+                                     std::to_string(c.train.batch_size) + " / " +
+                                     std::to_string(c.train.data_parallel) + "); use a larger batch_size"));
+  }
   const FederationConfig& fc = c.federation;
   FEDRAD_RETURN_IF_ERROR(check(one_of(fc.strategy, {"fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "fedyogi",
                                                     "fedadagrad", "median", "trimmed_mean"}),
@@ -337,6 +366,11 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       t.get("keep_optimizer_state", &c.train.keep_optimizer_state);
       t.get("threads", &c.train.threads);
       t.get("device", &c.train.device);
+      t.get("amp", &c.train.amp);
+      t.get("amp_dtype", &c.train.amp_dtype);
+      t.get("channels_last", &c.train.channels_last);
+      t.get("cudnn_benchmark", &c.train.cudnn_benchmark);
+      t.get("data_parallel", &c.train.data_parallel);
       t.finish();
     }
     {
@@ -439,6 +473,11 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "keep_optimizer_state" << YAML::Value << c.train.keep_optimizer_state;
   e << YAML::Key << "threads" << YAML::Value << c.train.threads;
   e << YAML::Key << "device" << YAML::Value << c.train.device;
+  e << YAML::Key << "amp" << YAML::Value << c.train.amp;
+  e << YAML::Key << "amp_dtype" << YAML::Value << c.train.amp_dtype;
+  e << YAML::Key << "channels_last" << YAML::Value << c.train.channels_last;
+  e << YAML::Key << "cudnn_benchmark" << YAML::Value << c.train.cudnn_benchmark;
+  e << YAML::Key << "data_parallel" << YAML::Value << c.train.data_parallel;
   e << YAML::EndMap;
   e << YAML::Key << "federation" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "strategy" << YAML::Value << c.federation.strategy;

@@ -45,6 +45,19 @@ struct TrainConfig {
   bool keep_optimizer_state = false;
   int threads = 0;             // intra-op threads per process; 0 = all cores (shared out in simulate)
   std::string device = "cpu";  // cpu | cuda | cuda:N
+  // Mixed precision on CUDA: autocast to amp_dtype with dynamic loss scaling (float16), as
+  // torch.cuda.amp does. On the CPU it is refused (LibTorch's CPU autocast only slows this down).
+  bool amp = false;
+  std::string amp_dtype = "float16";  // float16 | bfloat16 (bfloat16 needs no loss scaling)
+  bool channels_last = false;   // NHWC activations for 2D models: faster convolutions on tensor cores
+  bool cudnn_benchmark = true;  // cuDNN autotuning of convolution algorithms (fixed input sizes)
+  // Processes per site for data-parallel training (training/data_parallel.h): > 1 starts that
+  // many processes, one per GPU with device cuda (rank r on cuda:r, or cuda:N+r for cuda:N; NCCL
+  // all-reduce) or CPU processes sharing train.threads (ZeroMQ all-reduce). Each takes 1/P of the
+  // site's train images and batch_size / P per batch; gradients are averaged every batch, so the
+  // site trains like one process with batch_size and still looks like one site to the
+  // coordinator. Classification only; not with privacy.dp_sgd.
+  int data_parallel = 1;
 };
 
 struct FederationConfig {

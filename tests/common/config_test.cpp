@@ -38,6 +38,19 @@ TEST(Config, KeepOptimizerStateIsOffByDefaultAndRoundTrips) {
   EXPECT_TRUE(again->train.keep_optimizer_state);
 }
 
+TEST(Config, DataParallelIsOneByDefaultAndRoundTrips) {
+  auto plain = parse_study_config("name: x\n", "t.yaml");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->train.data_parallel, 1);
+  auto c = parse_study_config("name: x\ntrain: {data_parallel: 4, batch_size: 64}\nprivacy: {secure_aggregation: true}\n",
+                              "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().to_string();  // secure aggregation: only rank 0 talks to the coordinator
+  EXPECT_EQ(c->train.data_parallel, 4);
+  auto again = parse_study_config(to_yaml(*c), "again.yaml");
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(again->train.data_parallel, 4);
+}
+
 struct BadCase {
   const char* yaml;
   const char* expected_in_message;
@@ -66,6 +79,11 @@ INSTANTIATE_TEST_SUITE_P(
                               "train.keep_optimizer_state: expected true or false"},
                       BadCase{"model: {norm: group}\ntrain: {keep_optimizer_state: true}\nprivacy: {dp_sgd: true}\n",
                               "train.keep_optimizer_state: cannot be used with privacy.dp_sgd"},
+                      BadCase{"train: {data_parallel: 0}\n", "train.data_parallel: must be in 1..64"},
+                      BadCase{"model: {norm: group}\ntrain: {data_parallel: 2}\nprivacy: {dp_sgd: true}\n",
+                              "train.data_parallel: must be 1 with privacy.dp_sgd"},
+                      BadCase{"train: {data_parallel: 4, batch_size: 6}\n",
+                              "train.data_parallel: leaves fewer than 2 images per process"},
                       BadCase{"data: {input_size: 3}\n", "data.input_size"},
                       BadCase{"sites: [a, a]\n", "listed twice"},
                       BadCase{"sites: [a]\nfederation: {min_sites: 2}\n", "federation.min_sites"},
