@@ -237,8 +237,7 @@ int main(int argc, char** argv) {
         training::GradScaler::Options so;
         so.enabled = precision.amp && precision.amp_dtype == torch::kFloat16;
         training::GradScaler scaler(so);
-        double loss_sum = 0;
-        torch::Tensor loss_acc;
+        training::RunningLoss loss_sum;
         for (int s = 0; s < n; ++s) {
           const auto& x = xs[s % pool];
           const auto& y = ys[s % pool];
@@ -250,14 +249,9 @@ int main(int argc, char** argv) {
           }
           scaler.scale(loss).backward();
           scaler.step(*opt, params);
-          if (device.is_cpu()) {
-            loss_sum += loss.item<double>();
-          } else {
-            loss_acc = loss_acc.defined() ? loss_acc + loss.detach() : loss.detach();
-          }
+          loss_sum.add(loss);
         }
-        if (loss_acc.defined()) loss_sum = loss_acc.item<double>();
-        return std::make_pair(loss_sum / n, scaler.skipped_steps());
+        return std::make_pair(loss_sum.sum() / n, scaler.skipped_steps());
       };
       run(std::max(1, warmup));
       sync();

@@ -19,6 +19,7 @@
 #include "training/checkpoint.h"
 #include "training/data_parallel_nccl.h"
 #include "training/device.h"
+#include "training/learner.h"
 
 namespace fedrad::training {
 namespace {
@@ -119,20 +120,27 @@ class ZmqControlChannel : public ControlChannel {
   }
 
  private:
+  // Waits up to a second (less when `left` is shorter) for one multipart message; false: none yet.
+  StatusOr<bool> poll_once(std::chrono::milliseconds left, std::vector<zmq::message_t>* parts) {
+    try {
+      zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(1000)));
+      if (!(items[0].revents & ZMQ_POLLIN)) return false;
+      return static_cast<bool>(zmq::recv_multipart(socket_, std::back_inserter(*parts), zmq::recv_flags::dontwait));
+    } catch (const zmq::error_t& e) {
+      return io_error(std::string("data-parallel control channel: ") + e.what());
+    }
+  }
+
   // The next message from a known peer, with its rank.
   StatusOr<std::pair<int, ControlMessage>> recv_any(Clock::time_point deadline) {
     while (true) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       if (left.count() <= 0) return timeout_error("timeout");
       std::vector<zmq::message_t> parts;
-      try {
-        zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 1, std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(1000)));
-        if (!(items[0].revents & ZMQ_POLLIN)) continue;
-        if (!zmq::recv_multipart(socket_, std::back_inserter(parts), zmq::recv_flags::dontwait)) continue;
-      } catch (const zmq::error_t& e) {
-        return io_error(std::string("data-parallel control channel: ") + e.what());
-      }
+      auto got = poll_once(left, &parts);
+      if (!got.ok()) return got.status();
+      if (!*got) continue;
       int from = 0;
       if (rank_ == 0) {
         if (parts.size() != 2) continue;
@@ -164,14 +172,9 @@ class ZmqControlChannel : public ControlChannel {
         return timeout_error("data-parallel: " + std::to_string(joined) + " of " + std::to_string(world_ - 1) +
                              " worker processes connected within " + std::to_string(static_cast<int>(timeout_s)) + " s");
       std::vector<zmq::message_t> parts;
-      try {
-        zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 1, std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(1000)));
-        if (!(items[0].revents & ZMQ_POLLIN)) continue;
-        if (!zmq::recv_multipart(socket_, std::back_inserter(parts), zmq::recv_flags::dontwait)) continue;
-      } catch (const zmq::error_t& e) {
-        return io_error(std::string("data-parallel control channel: ") + e.what());
-      }
+      auto got = poll_once(left, &parts);
+      if (!got.ok()) return got.status();
+      if (!*got) continue;
       if (parts.size() != 2) continue;
       auto m = decode(parts[1]);
       if (!m.ok() || m->type != kHello || m->payload.size() != 8) continue;
@@ -635,11 +638,7 @@ StatusOr<fed::EvalReport> DataParallelLearner::evaluate(const fed::Weights& glob
   try {
     FEDRAD_RETURN_IF_ERROR(load_weights(*model_, keep_local_norm_ ? with_local_tensors(global, local_norm_) : global));
     Predictions p = predict(model_, val_);
-    fed::EvalReport report;
-    report.num_examples = p.scores.size();
-    report.loss = p.loss;
-    report.histogram = ScoreHistogram::of(p.scores, p.labels);
-    return report;
+    return to_eval_report(p);
   } catch (const std::exception& e) {
     return internal_error(std::string("evaluation failed: ") + e.what());
   }

@@ -205,6 +205,35 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
   return all;
 }
 
+// A site split's labelled files, in labels.csv order.
+struct Listing {
+  imaging::SiteIndex index;
+  std::vector<std::string> files;
+  std::vector<float> labels;
+};
+
+StatusOr<Listing> list_split(const std::string& dir) {
+  Listing l;
+  FEDRAD_ASSIGN_OR_RETURN(l.index, imaging::index_site(dir));
+  for (const auto& f : l.index.files) {
+    l.files.push_back(f.path);
+    l.labels.push_back(static_cast<float>(f.label));
+  }
+  if (l.files.empty()) return not_found(dir + ": labels.csv lists no existing file");
+  return l;
+}
+
+// Logs the unreadable files; fails when none could be read.
+StatusOr<ImageSet> finish_set(ImageSet set, Listing listing, const std::string& dir, Progress* progress) {
+  progress->finish(std::to_string(set.size()) + " usable");
+  set.index = std::move(listing.index);
+  auto log = logger("data");
+  for (const auto& p : set.unreadable) log->warn("skipping unreadable file {}", p.reason);
+  if (set.size() == 0)
+    return corrupt(dir + ": none of the " + std::to_string(listing.files.size()) + " labelled files could be read");
+  return set;
+}
+
 }  // namespace
 
 StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data, const LoadOptions& options) {
@@ -214,14 +243,8 @@ StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data
     to_device(&set, options.device);
     return set;
   }
-  FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
-  std::vector<std::string> files;
-  std::vector<float> labels;
-  for (const auto& f : index.files) {
-    files.push_back(f.path);
-    labels.push_back(static_cast<float>(f.label));
-  }
-  if (files.empty()) return not_found(dir + ": labels.csv lists no existing file");
+  FEDRAD_ASSIGN_OR_RETURN(auto listing, list_split(dir));
+  const auto& files = listing.files;
   Progress progress("data", "decoding " + dir + " (converting on " + options.device.str() + ")", files.size(),
                     "images");
   std::vector<Decoded> decoded(files.size());
@@ -231,36 +254,20 @@ StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data
   } catch (const std::exception& e) {
     return internal_error(dir + ": preprocessing on " + options.device.str() + " failed: " + e.what());
   }
-  ImageSet set = assemble(files, labels, decoded, all.view({all.size(0), -1}), data.input_size);
+  ImageSet set = assemble(files, listing.labels, decoded, all.view({all.size(0), -1}), data.input_size);
   set.labels = set.labels.to(options.device);
-  progress.finish(std::to_string(set.size()) + " usable");
-  set.index = std::move(index);
-  auto log = logger("data");
-  for (const auto& p : set.unreadable) log->warn("skipping unreadable file {}", p.reason);
-  if (set.size() == 0) return corrupt(dir + ": none of the " + std::to_string(files.size()) + " labelled files could be read");
-  return set;
+  return finish_set(std::move(set), std::move(listing), dir, &progress);
 }
 
 StatusOr<ImageSet> load_image_set(const std::string& dir, const DataConfig& data, int threads) {
-  FEDRAD_ASSIGN_OR_RETURN(auto index, imaging::index_site(dir));
-  std::vector<std::string> files;
-  std::vector<float> labels;
-  for (const auto& f : index.files) {
-    files.push_back(f.path);
-    labels.push_back(static_cast<float>(f.label));
-  }
-  if (files.empty()) return not_found(dir + ": labels.csv lists no existing file");
+  FEDRAD_ASSIGN_OR_RETURN(auto listing, list_split(dir));
+  const auto& files = listing.files;
   const int s = data.input_size;
   auto all = torch::empty({static_cast<int64_t>(files.size()), static_cast<int64_t>(s) * s});
   Progress progress("data", "decoding " + dir, files.size(), "images");
   auto decoded = decode_all(files, data, threads, all.data_ptr<float>(), &progress);
-  ImageSet set = assemble(files, labels, decoded, all, s);
-  progress.finish(std::to_string(set.size()) + " usable");
-  set.index = std::move(index);
-  auto log = logger("data");
-  for (const auto& p : set.unreadable) log->warn("skipping unreadable file {}", p.reason);
-  if (set.size() == 0) return corrupt(dir + ": none of the " + std::to_string(files.size()) + " labelled files could be read");
-  return set;
+  ImageSet set = assemble(files, listing.labels, decoded, all, s);
+  return finish_set(std::move(set), std::move(listing), dir, &progress);
 }
 
 StatusOr<ImageSet> load_unlabelled(const std::vector<std::string>& files, const DataConfig& data, int threads) {

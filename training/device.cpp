@@ -95,6 +95,19 @@ bool cuda_autocast_enabled() {
 #endif
 }
 
+void RunningLoss::add(const torch::Tensor& loss, double weight) {
+  if (loss.device().is_cpu()) {
+    host_sum_ += loss.item<double>() * weight;
+    return;
+  }
+  auto l = loss.detach() * weight;
+  device_sum_ = device_sum_.defined() ? device_sum_ + l : l;
+}
+
+double RunningLoss::sum() const {
+  return host_sum_ + (device_sum_.defined() ? device_sum_.item<double>() : 0.0);
+}
+
 GradScaler::GradScaler(Options options) : options_(options), scale_(options.init_scale) {}
 
 torch::Tensor GradScaler::scale(const torch::Tensor& loss) const {

@@ -48,6 +48,19 @@ class AutocastScope {
   torch::ScalarType prev_dtype_ = torch::kFloat16;
 };
 
+// A sum of per-batch losses that does not stop a GPU at every batch: on the CPU it adds doubles,
+// on a device it adds on the device and syncs only when sum() is read.
+class RunningLoss {
+ public:
+  void add(const torch::Tensor& loss, double weight = 1.0);
+  double sum() const;
+  bool on_host() const { return !device_sum_.defined(); }
+
+ private:
+  double host_sum_ = 0;
+  torch::Tensor device_sum_;
+};
+
 // Whether CUDA autocast is on in this thread (for tests and assertions).
 bool cuda_autocast_enabled();
 

@@ -76,15 +76,19 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
   }
 }
 
+fed::EvalReport to_eval_report(const Predictions& p) {
+  fed::EvalReport report;
+  report.num_examples = p.scores.size();
+  report.loss = p.loss;
+  report.histogram = ScoreHistogram::of(p.scores, p.labels);
+  return report;
+}
+
 StatusOr<fed::EvalReport> TorchLearner::evaluate(const fed::Weights& global) {
   try {
     FEDRAD_RETURN_IF_ERROR(load_weights(*model_, with_local_norm(global)));
     Predictions p = predict(model_, val_);
-    fed::EvalReport report;
-    report.num_examples = p.scores.size();
-    report.loss = p.loss;
-    report.histogram = ScoreHistogram::of(p.scores, p.labels);
-    return report;
+    return to_eval_report(p);
   } catch (const std::exception& e) {
     return internal_error(std::string("evaluation failed: ") + e.what());
   }

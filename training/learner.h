@@ -13,6 +13,9 @@
 
 namespace fedrad::training {
 
+// What a site reports of its validation predictions: count, loss and score histogram (no scores).
+fed::EvalReport to_eval_report(const Predictions& p);
+
 class TorchLearner : public fed::Learner {
  public:
   // Takes the site's data; the model is built from the config and overwritten by each round's

@@ -207,8 +207,7 @@ FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& opt
           return hb;
         },
         device);
-    double loss_sum = 0;
-    torch::Tensor loss_acc;
+    RunningLoss loss_sum;
     std::vector<torch::Tensor> t;
     while (loader.next(&t)) {
       opt->zero_grad();
@@ -226,14 +225,9 @@ FitStats fit_seg(models::UNet& net, const SegSet& data, const SegFitOptions& opt
       scaler.scale(objective).backward();
       if (options.fit.after_backward) options.fit.after_backward(params);
       scaler.step(*opt, params);
-      if (device.is_cpu()) {
-        loss_sum += loss.item<double>();
-      } else {
-        loss_acc = loss_acc.defined() ? loss_acc + loss.detach() : loss.detach();
-      }
+      loss_sum.add(loss);
     }
-    if (loss_acc.defined()) loss_sum = loss_acc.item<double>();
-    stats.loss = loss_sum / static_cast<double>(steps);
+    stats.loss = loss_sum.sum() / static_cast<double>(steps);
     stats.loader_wait_seconds += loader.stats().wait_seconds;
     stats.skipped_steps = scaler.skipped_steps();
     if (options.fit.on_epoch) options.fit.on_epoch(epoch, stats.loss);

@@ -153,8 +153,7 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
           },
           device);
     }
-    double loss_sum = 0;
-    torch::Tensor loss_acc;  // on a GPU the running loss stays there: no host sync per batch
+    RunningLoss loss_sum;  // on a GPU it stays there: no host sync per batch
     int64_t seen = 0;
     for (const auto& [begin, end] : batches) {
       torch::Tensor x, y;
@@ -182,20 +181,14 @@ FitStats fit(models::Classifier& model, const ImageSet& data, const FitOptions& 
       scaler.scale(objective).backward();
       if (options.after_backward) options.after_backward(params);
       scaler.step(*opt, params);
-      if (device.is_cpu()) {
-        loss_sum += loss.item<double>() * static_cast<double>(end - begin);
-      } else {
-        auto l = loss.detach() * static_cast<double>(end - begin);
-        loss_acc = loss_acc.defined() ? loss_acc + l : l;
-      }
+      loss_sum.add(loss, static_cast<double>(end - begin));
       seen += end - begin;
       if (progress) {
-        if (device.is_cpu()) progress->set_detail(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(seen)));
+        if (loss_sum.on_host()) progress->set_detail(fmt::format("loss {:.4f}", loss_sum.sum() / static_cast<double>(seen)));
         progress->set(static_cast<uint64_t>(end));
       }
     }
-    if (loss_acc.defined()) loss_sum = loss_acc.item<double>();
-    stats.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
+    stats.loss = seen ? loss_sum.sum() / static_cast<double>(seen) : 0;
     if (loader) stats.loader_wait_seconds += loader->stats().wait_seconds;
     stats.skipped_steps = scaler.skipped_steps();
     if (progress && options.on_epoch) progress->dismiss();  // the caller logs the epoch
