@@ -706,9 +706,12 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
       training::set_threads(workers->threads());
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto train = training::load_image_set(site_dir + "/train", config.data, n);
+    training::LoadOptions load;  // on a GPU: decoded on the host, converted there, kept there
+    load.threads = n;
+    load.device = device;
+    auto train = training::load_image_set(site_dir + "/train", config.data, load);
     if (!train.ok()) return train.status().with_context("site " + site_id);
-    auto val = training::load_image_set(site_dir + "/val", config.data, n);
+    auto val = training::load_image_set(site_dir + "/val", config.data, load);
     if (!val.ok()) return val.status().with_context("site " + site_id);
     log->info("loaded {} train ({} pneumonia) and {} val images in {:.1f} s; {} unreadable, {} unlabelled",
               train->size(), train->positives(), val->size(),
@@ -798,9 +801,12 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
     const std::string dir = (fs::path(data_root) / s).string();
     log->info("[{}/{}] loading {} (decoding DICOM)...", i + 1, sites.size(), dir);
     const auto t_load = std::chrono::steady_clock::now();
-    auto tr = training::load_image_set(dir + "/train", config.data, config.train.threads);
+    training::LoadOptions load;
+    load.threads = config.train.threads;
+    load.device = device;
+    auto tr = training::load_image_set(dir + "/train", config.data, load);
     if (!tr.ok()) return tr.status().with_context("site " + s);
-    auto va = training::load_image_set(dir + "/val", config.data, config.train.threads);
+    auto va = training::load_image_set(dir + "/val", config.data, load);
     if (!va.ok()) return va.status().with_context("site " + s);
     log->info("[{}/{}] {}: {} train, {} val images in {:.1f} s", i + 1, sites.size(), s, tr->size(), va->size(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
