@@ -16,7 +16,7 @@ mapfile -t CLOSURE < <(apt-cache depends --recurse --no-recommends --no-suggests
   grep -Ev '^(libc6|libc6-dev|libc-dev-bin|libgcc|libstdc\+\+|gcc|g\+\+|cpp|python3|perl|debconf|dpkg|tar|coreutils|libcrypt|linux-libc-dev|zlib1g$|libtorch|libcuda|nvidia|catch2|<)' |
   # Not needed to build or run fedrad (the carry to a GPU node is limited to 64 MiB): Kerberos,
   # curl's variants, ICU's tools, Fortran HDF5 bindings, documentation.
-  grep -Ev '(krb5|kadm5|kdb5|gssrpc|gssapi|curl|icu-devtools|fortran|gfortran|hdf5-helpers|comerr|-doc$)')
+  grep -Ev '(krb5|kadm5|kdb5|gssrpc|gssapi|curl|icu-devtools|libicu-dev|libnss3|fortran|gfortran|hdf5-helpers|comerr|-doc$)')
 rm -rf .gpu-deps && mkdir -p .gpu-deps
 (cd .gpu-deps && apt-get download "${CLOSURE[@]}" >/dev/null)
 grep -qxF '/.gpu-deps/' .git/info/exclude 2>/dev/null || echo '/.gpu-deps/' >> .git/info/exclude
