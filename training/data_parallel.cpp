@@ -482,8 +482,8 @@ ImageSet shard_for_rank(const ImageSet& data, int rank, int world) {
   ImageSet out;
   const int64_t per = world > 0 ? data.size() / world : 0;
   auto idx = torch::arange(static_cast<int64_t>(rank), static_cast<int64_t>(rank) + per * world, world, torch::kLong);
-  if (data.images.defined()) out.images = data.images.index_select(0, idx);
-  if (data.labels.defined()) out.labels = data.labels.index_select(0, idx);
+  if (data.images.defined()) out.images = data.images.index_select(0, idx.to(data.images.device()));
+  if (data.labels.defined()) out.labels = data.labels.index_select(0, idx.to(data.labels.device()));
   for (int64_t i = 0; i < per; ++i) {
     const size_t k = static_cast<size_t>(rank + i * world);
     if (k < data.files.size()) out.files.push_back(data.files[k]);
