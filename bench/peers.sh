@@ -59,7 +59,9 @@ run_fedrad() {
   mkdir -p "$d"
   p=$(free_port); r=$(free_port)
   sed -e "s/^rounds: .*/rounds: $ROUNDS/" -e "s/^seed: .*/seed: $seed/" -e "s#^  address: .*#  address: tcp://127.0.0.1:$p#" \
-    configs/pneumonia.yaml > "$d/config.yaml"
+    -e "/^federation:/a\\  keys_dir: $d/keys" configs/pneumonia.yaml > "$d/config.yaml"
+  # CurveZMQ on every socket, as in a real deployment (Flower's gRPC runs without TLS here).
+  "$FEDRAD" -q keys --out "$d/keys" $(printf -- '--site %s ' "${SITES[@]}") > /dev/null
   cut -d' ' -f1-3 /proc/loadavg > "$d/load_before"
   "$PY" bench/peers/relay.py --listen "$r" --target "$p" --out "$d/relay.json" & relay=$!
   wait_port "$r"

@@ -336,7 +336,7 @@ def main():
         ]
     if runs["fedrad"] and runs["flower"]:
         fr, fl = runs["fedrad"], runs["flower"]
-        lines += ["", "Where fedrad loses, and why:"]
+        lines += ["", "Where fedrad loses or wins, and why:"]
         if fake["fedrad"] and fake["flower"]:
             fz = med([r["round_seconds_median"] for r in fake["fedrad"]])
             ff = med([r["round_seconds_median"] for r in fake["flower"]])
@@ -357,35 +357,38 @@ def main():
                 else:
                     s += ": compression makes no difference above the noise here"
             lines.append(s + ".")
+        ov_fr = med([r["overhead_seconds_median"] for r in fr])
+        ov_fl = med([r["overhead_seconds_median"] for r in fl])
         lines.append(
-            "- The issue's overhead (wall time minus the slowest site's training) comes out the same for both: it is "
-            "dominated by work at the sites that is not training (scoring the received model on the val split, "
-            "which both protocols do before training) and by sites waiting for a CPU (4 processes and other "
-            "engineers' builds on 2 cores), not by the federation; beyond the sites' own work fedrad's coordinator "
-            "and wire take milliseconds.")
+            f"- The issue's overhead (wall time minus the slowest site's training): {ov_fr:.3f} s against "
+            f"{ov_fl:.3f} s ({ov_fr / ov_fl:.2f}x). It is dominated by work at the sites that is not training "
+            "(scoring the received model on the val split, which both protocols do before training, and decoding "
+            "and encoding the weights) and by sites waiting for a CPU (4 site processes on 2 cores); beyond the "
+            "sites' own work fedrad's coordinator and wire take milliseconds (the row above).")
         if fr[0].get("raw_bytes_total"):
+            raw = med([r["raw_bytes_total"] / rounds for r in fr])
+            flw = med([r["wire_bytes_per_round"] for r in fl])
             lines.append(
-                "- Bytes before compression: fedrad's replies carry the site's evaluation as two 1000-bin histograms of "
-                "uint64 counts (16 KB per FIT_RES/EVAL_RES, mostly zeros) where Flower's carry the raw val scores "
-                "(4 bytes per image, < 1 KB): about +1-2% on the uncompressed total. zstd removes the zeros, so on "
-                "the wire fedrad sends less than Flower.")
+                f"- Bytes before compression: {raw / 1e3:,.0f} KB against Flower's {flw / 1e3:,.0f} KB per round "
+                f"({raw / flw:.2f}x). Both carry the fp32 weights each way; fedrad's replies add the site's evaluation "
+                "as a sparse score histogram (only the occupied bins), Flower's the raw val scores (4 bytes per "
+                "image). zstd then takes fedrad's wire bytes below its fp32 count.")
         if fr[0].get("site_cpu_seconds", {}).get(sites[0]) is not None:
             cf = [x["images_per_cpu_s"] for x in throughput if x["tool"] == "fedrad" and x["threads"] == 1 and x.get("images_per_cpu_s")]
             cp = [x["images_per_cpu_s"] for x in throughput if x["tool"] == "pytorch" and x["threads"] == 1 and x.get("images_per_cpu_s")]
             extra = (med(cp) / med(cf) - 1) if cf and cp else None
             a_fr = med([r["site_cpu_seconds"][sites[0]] for r in fr])
             a_fl = med([r["site_cpu_seconds"][sites[0]] for r in fl])
-            wall_fr = med([r["wall_seconds"] for r in fr])
+            w_fr = med([r["round_seconds_median"] for r in fr])
+            w_fl = med([r["round_seconds_median"] for r in fl])
             lines.append(
-                f"- Wall time per round: fedrad's slowest site ({sites[0]}) took longer per round than Flower's in this "
-                f"run, but not for want of speed in total: it used {a_fr:.1f} CPU seconds over the whole fedrad run "
-                f"(loading, {rounds} rounds, final evaluation) against {a_fl:.1f} for Flower's (which includes "
-                f"decoding its DICOM files with pydicom), and got about {a_fr / wall_fr:.0%} of a core on this loaded "
-                f"machine (load average ~{runs['fedrad'][0]['load_before'].split()[0]} on 2 cores): a round's wall "
-                "time follows the CPU share a site gets, which swings with other engineers' builds from minute to "
-                "minute." + (f" Per image, though, fedrad's training loop needs ~{extra:.0%} more CPU than "
-                "PyTorch's at one thread, for a reason outside the kernels (glibc malloc; see the throughput section "
-                "below)." if extra and extra > 0.03 else ""))
+                f"- Wall time per round: {w_fr:.2f} s against {w_fl:.2f} s ({w_fr / w_fl:.2f}x); "
+                f"{'slower' if w_fr > w_fl else 'faster'} in this run. The largest site ({sites[0]}) used "
+                f"{a_fr:.1f} CPU seconds over the whole fedrad run (loading, {rounds} rounds, final evaluation) "
+                f"against {a_fl:.1f} for Flower's (which includes decoding its DICOM files with pydicom); a round's "
+                "wall time follows the CPU share each site gets on the shared cores." +
+                (f" Per image, fedrad's training loop needs ~{extra:.0%} more CPU than PyTorch's at one thread "
+                 "(see the throughput section below)." if extra and extra > 0.03 else ""))
     if throughput:
         lines += ["", "### Local training throughput", "",
                   "The pneumonia model (width 16, 3 stages, batch norm, dropout 0.1) on 28x28 inputs, batch 64, AdamW, "
@@ -435,17 +438,13 @@ def main():
                   "so the 2-thread rows measure the scheduler more than either framework: they are recorded, not "
                   "judged."]
         if any(x["tool"] == "fedrad-malloc" for x in throughput):
-            lines += ["", "Where fedrad loses, and why: at one thread fedrad's loop needs more CPU per image than the "
-                      "same loop in Python. `perf` (20 steps each, no augmentation) put ~24% of fedrad's samples in the "
-                      "kernel (page faults, zeroing fresh pages, `brk`) against ~11% for PyTorch-in-Python: glibc's "
-                      "malloc hands the freed activation buffers back to the kernel at the end of each step (heap "
-                      "trimming) and the next step faults fresh pages in again, while the Python process's heap stays "
-                      "large. The rows marked 'malloc thresholds raised' run the same binary with "
-                      "`GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=268435456`: "
-                      "no code change, and the CPU cost per image falls below PyTorch's. The fix for fedrad itself is "
-                      "to set these at start-up (`mallopt(M_TRIM_THRESHOLD, ...)` and `mallopt(M_MMAP_THRESHOLD, "
-                      "...)` in the `fedrad` binary, or a caching allocator); not done here, as apps/ and training/ "
-                      "belong to other work in progress."]
+            lines += ["", "The allocator: an earlier run found fedrad's loop with ~24% of its `perf` samples in the "
+                      "kernel (page faults, zeroing fresh pages, `brk`) against ~11% for PyTorch-in-Python, because "
+                      "glibc's malloc handed the freed activation buffers back to the kernel after every step. Since "
+                      "then `fedrad` and `bench/train_throughput` raise malloc's trim and mmap thresholds at start-up "
+                      "(common/allocator.h). The rows marked 'malloc thresholds raised' run the same binary with "
+                      "`GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=268435456` "
+                      "on top: a check that what is left of the allocator effect is small."]
     section = "\n".join(lines) + "\n"
     machine.replace_section(md_path, "peers", section)
     print(section)
