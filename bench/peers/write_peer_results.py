@@ -347,13 +347,11 @@ def main():
                 s += f"; without compression {fnone * 1e3:.1f} ms ({fnone / ff:.2f}x)"
                 if fnone < fz:
                     s += (f". zstd (level 3) is about {100 * (fz - fnone) / fz:.0f}% of fedrad's round at this model "
-                          "size: the coordinator compresses the global model once per site (the same bytes four "
-                          "times) and every site compresses its update, ~2 ms per 0.3 MB each on this machine "
-                          "(codec_bench: ~0.14 GB/s zstd encode, loaded). Compressing the global model once per round, "
-                          "as all four sites receive the same bytes, would save three of the coordinator's four "
-                          "compressions; on a fast local network the `none` codec (plain fp32) is the cheaper choice. "
-                          "The rest is ZeroMQ, encoding and decoding the messages and the aggregation, with the 5 "
-                          "processes sharing 2 loaded cores")
+                          "size: the coordinator compresses the global model once per round (all sites get the same "
+                          "bytes) and decompresses each site's update, and every site compresses its update, "
+                          "~2 ms per 0.3 MB each on this machine; on a fast local network the `none` codec (plain "
+                          "fp32) is the cheaper choice. The rest is ZeroMQ, encoding and decoding the messages and the "
+                          "aggregation, with the 5 processes sharing 2 cores")
                 else:
                     s += ": compression makes no difference above the noise here"
             lines.append(s + ".")
