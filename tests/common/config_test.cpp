@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 namespace fedrad {
 namespace {
 
@@ -104,10 +106,14 @@ TEST(Config, MissingFileIsNotFound) {
 }
 
 TEST(Config, ShippedConfigsAreValid) {
-  for (const char* path : {"configs/pneumonia.yaml", "configs/demo.yaml", "configs/segmentation.yaml"}) {
-    auto c = load_study_config(path);
-    EXPECT_TRUE(c.ok()) << path << ": " << c.status().to_string();
+  int checked = 0;
+  for (const auto& e : std::filesystem::directory_iterator("configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    auto c = load_study_config(e.path().string());
+    EXPECT_TRUE(c.ok()) << e.path() << ": " << c.status().to_string();
+    ++checked;
   }
+  EXPECT_GE(checked, 6);  // pneumonia (plain, secagg, gpu), demo, segmentation, brats-half
 }
 
 }  // namespace
