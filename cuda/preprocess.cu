@@ -201,11 +201,7 @@ Status launch_preprocess(cudaStream_t stream, int64_t n, const T* in, const Pixe
                                           const ResizeParams&);                                                  \
   template Status launch_preprocess<T>(cudaStream_t, int64_t, const T*, const PixelParams*, float*,              \
                                        const ResizeParams&, NormaliseMode);
-FEDRAD_PIXEL_TYPE(uint8_t)
-FEDRAD_PIXEL_TYPE(int16_t)
-FEDRAD_PIXEL_TYPE(uint16_t)
-FEDRAD_PIXEL_TYPE(int32_t)
-FEDRAD_PIXEL_TYPE(float)
+FEDRAD_FOR_EACH_PIXEL_TYPE(FEDRAD_PIXEL_TYPE)
 #undef FEDRAD_PIXEL_TYPE
 
 Status launch_resize_trilinear(cudaStream_t stream, int64_t n, const float* in, float* out, const Resize3dParams& p) {

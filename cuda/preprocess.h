@@ -96,7 +96,9 @@ void resize_bilinear_cpu(int64_t n, const float* in, float* out, const ResizePar
 // n images of pixels_per_image floats, in place allowed (in == out).
 void normalise_cpu(int64_t n, const float* in, float* out, const NormaliseParams& p);
 
-// T is one of uint8_t, int16_t, uint16_t, int32_t, float (explicitly instantiated).
+// T is one of uint8_t, int16_t, uint16_t, int32_t, float (explicitly instantiated, CPU and CUDA
+// alike, with this list).
+#define FEDRAD_FOR_EACH_PIXEL_TYPE(X) X(uint8_t) X(int16_t) X(uint16_t) X(int32_t) X(float)
 // params: n PixelParams, one per image. Images of one call share their size.
 template <typename T>
 void pixels_to_float_cpu(int64_t n, int64_t pixels_per_image, const T* in, const PixelParams* params, float* out);

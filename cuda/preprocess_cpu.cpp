@@ -88,11 +88,7 @@ void preprocess_cpu(int64_t n, const T* in, const PixelParams* params, float* ou
   template void pixels_to_float_cpu<T>(int64_t, int64_t, const T*, const PixelParams*, float*);                 \
   template void pixels_resize_cpu<T>(int64_t, const T*, const PixelParams*, float*, const ResizeParams&);       \
   template void preprocess_cpu<T>(int64_t, const T*, const PixelParams*, float*, const ResizeParams&, NormaliseMode);
-FEDRAD_PIXEL_TYPE(uint8_t)
-FEDRAD_PIXEL_TYPE(int16_t)
-FEDRAD_PIXEL_TYPE(uint16_t)
-FEDRAD_PIXEL_TYPE(int32_t)
-FEDRAD_PIXEL_TYPE(float)
+FEDRAD_FOR_EACH_PIXEL_TYPE(FEDRAD_PIXEL_TYPE)
 #undef FEDRAD_PIXEL_TYPE
 
 void resize_trilinear_cpu(int64_t n, const float* in, float* out, const Resize3dParams& p) {

@@ -100,9 +100,10 @@ torch::Tensor preprocess_images(const torch::Tensor& raw, const std::vector<Pixe
   return out;
 }
 
-std::vector<AugmentParams> draw_augment_params(int64_t n, bool hflip, torch::Generator& gen) {
-  // The draws of training::augment, in its order and with its tensor arithmetic (float32), so
-  // that the same generator gives the same parameters and leaves the same state.
+AugmentDraw draw_augment(int64_t n, bool hflip, torch::Generator& gen) {
+  // Random shifts (fractions of half the image: grid units are [-1, 1]), rotations of up to 10
+  // degrees, scaling by 0.9..1.1, optional horizontal flips, then contrast x0.9..1.1 and
+  // brightness +-0.1 (inputs are roughly in [-1, 1]); drawn in this order, float32 arithmetic.
   auto uniform = [&](double lo, double hi) { return torch::rand({n}, gen) * (hi - lo) + lo; };
   const double kPi = 3.14159265358979323846;
   auto angle = uniform(-10, 10) * (kPi / 180.0);
@@ -111,11 +112,18 @@ std::vector<AugmentParams> draw_augment_params(int64_t n, bool hflip, torch::Gen
   auto ty = uniform(-0.08, 0.08);
   auto flip = hflip ? torch::where(torch::rand({n}, gen) < 0.5, -1.0, 1.0) : torch::ones({n});
   auto cos = torch::cos(angle) / scale, sin = torch::sin(angle) / scale;
-  auto theta = torch::stack({torch::stack({cos * flip, -sin, tx}, 1), torch::stack({sin * flip, cos, ty}, 1)}, 1)
-                   .to(torch::kFloat32)
-                   .contiguous();
-  auto contrast = uniform(0.9, 1.1).to(torch::kFloat32).contiguous();
-  auto brightness = uniform(-0.1, 0.1).to(torch::kFloat32).contiguous();
+  AugmentDraw d;
+  d.theta = torch::stack({torch::stack({cos * flip, -sin, tx}, 1), torch::stack({sin * flip, cos, ty}, 1)}, 1);
+  d.contrast = uniform(0.9, 1.1);
+  d.brightness = uniform(-0.1, 0.1);
+  return d;
+}
+
+std::vector<AugmentParams> draw_augment_params(int64_t n, bool hflip, torch::Generator& gen) {
+  const AugmentDraw d = draw_augment(n, hflip, gen);
+  auto theta = d.theta.to(torch::kFloat32).contiguous();
+  auto contrast = d.contrast.to(torch::kFloat32).contiguous();
+  auto brightness = d.brightness.to(torch::kFloat32).contiguous();
   std::vector<AugmentParams> out(static_cast<size_t>(n));
   const float* t = theta.data_ptr<float>();
   const float* c = contrast.data_ptr<float>();

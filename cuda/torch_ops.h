@@ -48,6 +48,13 @@ torch::Tensor preprocess_images(const torch::Tensor& raw, const std::vector<Pixe
                                 NormaliseMode mode);
 
 torch::Tensor augment_images(const torch::Tensor& x, bool hflip, torch::Generator& gen);
+// The draws of one augmentation batch, as CPU float32 tensors: theta [n, 2, 3] (affine_grid's
+// matrices, flips folded in), contrast [n], brightness [n]. training::augment applies them with
+// affine_grid + grid_sample, draw_augment_params hands them to the kernel: one place draws.
+struct AugmentDraw {
+  torch::Tensor theta, contrast, brightness;
+};
+AugmentDraw draw_augment(int64_t n, bool hflip, torch::Generator& gen);
 std::vector<AugmentParams> draw_augment_params(int64_t n, bool hflip, torch::Generator& gen);
 torch::Tensor augment_images(const torch::Tensor& x, const std::vector<AugmentParams>& params);
 

@@ -102,7 +102,9 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
   const int threads = options.threads > 0 ? options.threads
                                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto all = torch::zeros({n, 1, s, s}, torch::TensorOptions(torch::kFloat32).device(options.device));
-  constexpr int kParams = 7;  // slope, intercept, invert, signed, bits, window centre, width
+  // Each file's conversion, written by the worker that decodes it and read here once its chunk
+  // has been handed over (the loader's lock orders the two).
+  std::vector<cuda::PixelParams> params(files.size());
   BatchLoader::Options lo;
   lo.depth = 2;
   BatchLoader loader(
@@ -110,7 +112,6 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
       [&](int64_t c, bool pinned) {
         const int64_t first = c * chunk, last = std::min(n, first + chunk);
         std::vector<imaging::DicomPixels> px(static_cast<size_t>(last - first));
-        std::vector<cuda::PixelParams> params(px.size());
         std::atomic<int64_t> next{first};
         auto work = [&] {
           for (int64_t i = next++; i < last; i = next++) {
@@ -127,7 +128,7 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
               full.frame = 0;
               r = imaging::read_dicom(file, full);
             } else if (r.ok()) {
-              auto& p = params[k];
+              auto& p = params[static_cast<size_t>(i)];
               p.slope = static_cast<float>(r->rescale_slope);
               p.intercept = static_cast<float>(r->rescale_intercept);
               p.invert = r->photometric == "MONOCHROME1";
@@ -147,8 +148,7 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
         for (int64_t t = 1; t < std::min<int64_t>(threads, last - first); ++t) pool.emplace_back(work);
         work();
         for (auto& t : pool) t.join();
-        // One [g, rows, cols] block per image size (copied to the device); host: the blocks' file
-        // indices and their per-image parameters as [g, kParams] floats.
+        // One [g, rows, cols] block per image size (copied to the device); host: its file indices.
         HostBatch hb;
         std::vector<bool> done(px.size(), false);
         for (size_t k = 0; k < px.size(); ++k) {
@@ -166,19 +166,13 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
           const int64_t plane = static_cast<int64_t>(rows) * cols;
           auto raw = empty_host({g, rows, cols}, torch::kFloat32, pinned);
           auto idx = torch::empty({g}, torch::kLong);
-          auto par = torch::empty({g, kParams}, torch::kFloat32);
           for (int64_t j = 0; j < g; ++j) {
             const size_t m = members[static_cast<size_t>(j)];
             std::copy(px[m].pixels.begin(), px[m].pixels.begin() + plane, raw.data_ptr<float>() + j * plane);
             idx.data_ptr<int64_t>()[j] = first + static_cast<int64_t>(m);
-            const auto& q = params[m];
-            const float v[kParams] = {q.slope, q.intercept, q.invert ? 1.f : 0.f, q.is_signed ? 1.f : 0.f,
-                                      static_cast<float>(q.bits), q.window_center, q.window_width};
-            std::copy(v, v + kParams, par.data_ptr<float>() + j * kParams);
           }
           hb.tensors.push_back(raw);
           hb.host.push_back(idx);
-          hb.host.push_back(par);
         }
         return hb;
       },
@@ -186,20 +180,11 @@ torch::Tensor decode_on_device(const std::vector<std::string>& files, const Data
   std::vector<torch::Tensor> dev, host;
   while (loader.next(&dev, &host)) {
     for (size_t g = 0; g < dev.size(); ++g) {
-      const auto par = host[2 * g + 1].contiguous();
-      std::vector<cuda::PixelParams> params(static_cast<size_t>(par.size(0)));
-      for (size_t j = 0; j < params.size(); ++j) {
-        const float* v = par.data_ptr<float>() + j * kParams;
-        params[j].slope = v[0];
-        params[j].intercept = v[1];
-        params[j].invert = v[2] != 0;
-        params[j].is_signed = v[3] != 0;
-        params[j].bits = static_cast<int>(v[4]);
-        params[j].window_center = v[5];
-        params[j].window_width = v[6];
-      }
-      auto out = cuda::preprocess_images(dev[g], params, s, mode);
-      all.index_copy_(0, host[2 * g].to(options.device), out);
+      const auto& idx = host[g];
+      std::vector<cuda::PixelParams> block(static_cast<size_t>(idx.size(0)));
+      for (size_t j = 0; j < block.size(); ++j) block[j] = params[static_cast<size_t>(idx.data_ptr<int64_t>()[j])];
+      auto out = cuda::preprocess_images(dev[g], block, s, mode);
+      all.index_copy_(0, idx.to(options.device), out);
     }
   }
   return all;

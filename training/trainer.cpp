@@ -56,22 +56,12 @@ void set_threads(int n) {
 
 torch::Tensor augment(const torch::Tensor& x, bool hflip, torch::Generator& gen) {
   const int64_t n = x.size(0);
-  auto uniform = [&](double lo, double hi) { return torch::rand({n}, gen) * (hi - lo) + lo; };
-  const double kPi = 3.14159265358979323846;
-  auto angle = uniform(-10, 10) * (kPi / 180.0);
-  auto scale = uniform(0.9, 1.1);
-  auto tx = uniform(-0.08, 0.08);  // fractions of half the image (grid units are [-1, 1])
-  auto ty = uniform(-0.08, 0.08);
-  auto flip = hflip ? torch::where(torch::rand({n}, gen) < 0.5, -1.0, 1.0) : torch::ones({n});
-  auto cos = torch::cos(angle) / scale, sin = torch::sin(angle) / scale;
-  auto theta = torch::stack({torch::stack({cos * flip, -sin, tx}, 1), torch::stack({sin * flip, cos, ty}, 1)}, 1);
+  const cuda::AugmentDraw d = cuda::draw_augment(n, hflip, gen);
   namespace F = torch::nn::functional;
-  auto grid = F::affine_grid(theta.to(x.device(), x.dtype()), x.sizes().vec(), /*align_corners=*/false);
+  auto grid = F::affine_grid(d.theta.to(x.device(), x.dtype()), x.sizes().vec(), /*align_corners=*/false);
   auto out = F::grid_sample(x, grid, F::GridSampleFuncOptions().mode(torch::kBilinear).padding_mode(torch::kBorder).align_corners(false));
-  // Intensity jitter: contrast x0.9..1.1 and brightness +-0.1 (inputs are roughly in [-1, 1]).
-  auto contrast = uniform(0.9, 1.1).view({n, 1, 1, 1}).to(x.device(), x.dtype());
-  auto brightness = uniform(-0.1, 0.1).view({n, 1, 1, 1}).to(x.device(), x.dtype());
-  return out * contrast + brightness;
+  return out * d.contrast.view({n, 1, 1, 1}).to(x.device(), x.dtype()) +
+         d.brightness.view({n, 1, 1, 1}).to(x.device(), x.dtype());
 }
 
 torch::Tensor proximal_term(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& anchor,
