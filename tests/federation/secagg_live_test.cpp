@@ -22,6 +22,7 @@
 #include "federation/secagg.h"
 #include "federation/wire.h"
 #include "tests/test_data.h"
+#include "tests/federation/helpers/fake_learner.h"
 #include "tests/federation/helpers/study_runner.h"
 
 namespace fedrad::fed {
@@ -49,9 +50,10 @@ float delta_of(int k, size_t j) {
 }
 uint64_t examples_of(int k) { return 10u * static_cast<uint64_t>(k + 1); }
 
-class KnownUpdateLearner : public Learner {
+// DeterministicLearner's evaluation (a fixed histogram per site) with a known update.
+class KnownUpdateLearner : public fed::testing::DeterministicLearner {
  public:
-  explicit KnownUpdateLearner(int k) : k_(k) {}
+  explicit KnownUpdateLearner(int k) : DeterministicLearner(k), k_(k) {}
   StatusOr<FitReport> fit(const Weights& global, const RoundSettings&) override {
     FitReport r;
     r.weights = global;
@@ -61,16 +63,6 @@ class KnownUpdateLearner : public Learner {
     r.num_examples = examples_of(k_);
     r.train_loss = 0.1 * (k_ + 1);
     return r;
-  }
-  StatusOr<EvalReport> evaluate(const Weights&) override {
-    EvalReport e;
-    e.histogram.neg.assign(10, 0);
-    e.histogram.pos.assign(10, 0);
-    e.histogram.neg[2] = static_cast<uint64_t>(k_ + 1);
-    e.histogram.pos[7] = static_cast<uint64_t>(k_ + 1);
-    e.num_examples = 2 * static_cast<uint64_t>(k_ + 1);
-    e.loss = 0.5;
-    return e;
   }
   uint64_t num_train_examples() const override { return examples_of(k_); }
   uint64_t num_val_examples() const override { return 2; }
