@@ -9,6 +9,7 @@ over rounds x local epochs, batches of 64 in a fresh random order each epoch (a 
 is skipped), fedrad's augmentation (random rotation +-10 degrees, scale 0.9-1.1, shift +-8%,
 bilinear with border padding, contrast x0.9-1.1, brightness +-0.1), BCE with logits.
 """
+import contextlib
 import csv
 import math
 import os
@@ -56,6 +57,7 @@ def make_model(seed=42):
 
 
 def augment(x, gen):
+    """training::augment: the draws on the host from `gen`, applied on x's device."""
     n = x.size(0)
 
     def uniform(lo, hi):
@@ -68,25 +70,37 @@ def augment(x, gen):
     flip = torch.ones(n)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = uniform(0.9, 1.1).view(n, 1, 1, 1)
-    brightness = uniform(-0.1, 0.1).view(n, 1, 1, 1)
+    contrast = uniform(0.9, 1.1).view(n, 1, 1, 1).to(x.device, x.dtype)
+    brightness = uniform(-0.1, 0.1).view(n, 1, 1, 1).to(x.device, x.dtype)
     return out * contrast + brightness
 
 
-def cosine_lr(epoch_index, total_epochs, lr=LR):
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch_index / total_epochs)))
+def autocast(enabled):
+    """torch.autocast on CUDA with float16 when enabled (training::AutocastScope), else nothing."""
+    return torch.autocast("cuda", dtype=torch.float16) if enabled else contextlib.nullcontext()
 
 
-def fit_epoch(model, images, labels, lr, seed, batch_size=BATCH, do_augment=True):
-    """One epoch as training::fit runs it (fresh optimiser, as FedAvg sites do each round)."""
+def make_scaler(enabled):
+    """A loss scaler (training::GradScaler); disabled it passes the optimiser step straight through."""
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def fit_epoch(model, images, labels, lr, seed, batch_size=BATCH, do_augment=True, amp=False, channels_last=False):
+    """One epoch as training::fit runs it (fresh optimiser and loss scaler, as FedAvg sites do each
+    round) on a set that lives on the model's device: on a GPU the running loss stays there, with
+    no host sync per batch; amp (CUDA only) and channels_last as train.amp / train.channels_last."""
+    device = images.device
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    scaler = make_scaler(amp)
     gen = torch.Generator().manual_seed(seed)
     n = images.size(0)
-    perm = torch.randperm(n, generator=gen)
-    loss_sum, seen = 0.0, 0
+    perm = torch.randperm(n, generator=gen).to(device)
+    loss_sum, loss_acc, seen = 0.0, None, 0
     for begin in range(0, n, batch_size):
         end = min(n, begin + batch_size)
         if end - begin < 2 and n >= 2:
@@ -96,12 +110,22 @@ def fit_epoch(model, images, labels, lr, seed, batch_size=BATCH, do_augment=True
         y = labels.index_select(0, idx)
         if do_augment:
             x = augment(x, gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.item() * (end - begin)
+        with autocast(amp):
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device.type == "cpu":
+            loss_sum += loss.item() * (end - begin)
+        else:
+            l = loss.detach() * (end - begin)
+            loss_acc = l if loss_acc is None else loss_acc + l
         seen += end - begin
+    if loss_acc is not None:
+        loss_sum = loss_acc.item()
     return loss_sum / max(1, seen)
 
 

@@ -4,8 +4,8 @@ steps, best of R runs. Synthetic inputs. Prints one JSON line with the same fiel
 
   --model resnet (default): the pneumonia classifier (models/python/fedrad_models.py Classifier,
     configs/pneumonia.yaml), one epoch as training::fit runs it (bench/peers/pneumonia_torch.py's
-    fit_epoch, here on any device: the set already on the device, the augmentation's draws on the
-    host from one CPU generator, the running loss kept on the GPU).
+    fit_epoch, on any device: the set already on the device, the augmentation's draws on the host
+    from one CPU generator, the running loss kept on the GPU).
   --model unet2d | unet3d: the segmentation U-Net (fedrad_models.UNet, the port of models/unet.h;
     configs/segmentation.yaml's model section), timed on training::fit_seg's step (forward, Dice +
     cross-entropy, backward, AdamW step) on random patches already on the device.
@@ -19,9 +19,7 @@ named_parameters(), computed exactly as the C++ binary does: equal values mean t
 names and shapes.
 """
 import argparse
-import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -68,76 +66,6 @@ def describe_device(device):
     return f"cuda:{device.index} ({torch.cuda.get_device_name(device.index)})"
 
 
-def make_scaler(enabled):
-    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
-        return torch.amp.GradScaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-def autocast(enabled):
-    return torch.autocast("cuda", dtype=torch.float16) if enabled else contextlib.nullcontext()
-
-
-def augment(x, gen):
-    """pneumonia_torch.augment (= training::augment), the draws on the host, applied on x's device."""
-    n = x.size(0)
-
-    def uniform(lo, hi):
-        return torch.rand(n, generator=gen) * (hi - lo) + lo
-
-    angle = uniform(-10, 10) * (math.pi / 180.0)
-    scale = uniform(0.9, 1.1)
-    tx = uniform(-0.08, 0.08)
-    ty = uniform(-0.08, 0.08)
-    flip = torch.ones(n)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = uniform(0.9, 1.1).view(n, 1, 1, 1).to(x.device, x.dtype)
-    brightness = uniform(-0.1, 0.1).view(n, 1, 1, 1).to(x.device, x.dtype)
-    return out * contrast + brightness
-
-
-def fit_epoch(model, images, labels, lr, seed, batch_size, do_augment, amp, channels_last):
-    """One epoch as training::fit runs it on a set resident on the model's device (a fresh
-    optimiser and loss scaler per call; on the CPU the same steps as pneumonia_torch.fit_epoch)."""
-    device = images.device
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=pt.WEIGHT_DECAY)
-    scaler = make_scaler(amp)
-    gen = torch.Generator().manual_seed(seed)
-    n = images.size(0)
-    perm = torch.randperm(n, generator=gen).to(device)
-    loss_sum, loss_acc, seen = 0.0, None, 0
-    for begin in range(0, n, batch_size):
-        end = min(n, begin + batch_size)
-        if end - begin < 2 and n >= 2:
-            continue
-        idx = perm[begin:end]
-        x = images.index_select(0, idx)
-        y = labels.index_select(0, idx)
-        if do_augment:
-            x = augment(x, gen)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        opt.zero_grad()
-        with autocast(amp):
-            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1).float(), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        if device.type == "cpu":
-            loss_sum += loss.item() * (end - begin)
-        else:  # no host sync per batch, as training::fit on a GPU
-            l = loss.detach() * (end - begin)
-            loss_acc = l if loss_acc is None else loss_acc + l
-        seen += end - begin
-    if loss_acc is not None:
-        loss_sum = loss_acc.item()
-    return loss_sum / max(1, seen)
-
-
 def dice_ce_loss(logits, target):
     """training::dice_ce_loss: batch soft Dice over the foreground classes plus cross-entropy."""
     k = logits.size(1)
@@ -162,12 +90,12 @@ def seg_forward(net, x):
 def seg_run(net, xs, ys, steps, amp, device):
     """One call of training::fit_seg's inner loop over `steps` batches (fresh optimiser and scaler)."""
     opt = torch.optim.AdamW(net.parameters(), lr=0.003, weight_decay=1e-5)  # configs/segmentation.yaml
-    scaler = make_scaler(amp)
+    scaler = pt.make_scaler(amp)
     loss_sum, loss_acc = 0.0, None
     for s in range(steps):
         x, y = xs[s % len(xs)], ys[s % len(ys)]
         opt.zero_grad()
-        with autocast(amp):
+        with pt.autocast(amp):
             loss = dice_ce_loss(seg_forward(net, x).float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -235,12 +163,12 @@ def main():
             return x.to(device), y.to(device)
 
         wx, wy = make_set(batch * max(1, a.warmup))
-        fit_epoch(model, wx, wy, pt.LR, 1, batch, bool(a.augment), amp, cl)
+        pt.fit_epoch(model, wx, wy, pt.LR, 1, batch, bool(a.augment), amp, cl)
         x, y = make_set(batch * a.steps)
         for _ in range(a.repeat):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            fit_epoch(model, x, y, pt.LR, 1, batch, bool(a.augment), amp, cl)
+            pt.fit_epoch(model, x, y, pt.LR, 1, batch, bool(a.augment), amp, cl)
             sync()
             best = min(best, time.perf_counter() - t0)
             best_cpu = min(best_cpu, time.process_time() - c0)
