@@ -128,6 +128,26 @@ std::string codec_problem(const std::string& codec) {
   return "";
 }
 
+// The stages of an upstream codec that cannot carry a securely aggregated (masked) update, as in
+// fed::check_secure_aggregation_codec. Empty when the codec composes with masking.
+std::string secure_codec_problem(const std::string& codec) {
+  std::stringstream in(codec);
+  std::string stage;
+  while (std::getline(in, stage, '|')) {
+    const size_t a = stage.find_first_not_of(" \t");
+    const std::string trimmed = a == std::string::npos ? "" : stage.substr(a);
+    const std::string name = trimmed.substr(0, trimmed.find_first_of(": \t"));
+    if (name == "topk")
+      return "cannot use topk with privacy.secure_aggregation: true (each site would pick other coordinates, so "
+             "the masks would not cancel); use randk:F, whose coordinates come from a seed all sites share";
+    if (one_of(name, {"fp16", "bf16", "q8", "q4", "q2"}))
+      return "cannot use " + name + " with privacy.secure_aggregation: true (the fixed point before masking is "
+             "the quantiser, and a value masked mod 2^32 takes 4 bytes whatever its precision); allowed: zstd, "
+             "none, or [delta|][ef|]randk:F[|zstd]";
+  }
+  return "";
+}
+
 Status validate_segmentation(const StudyConfig& c) {
   const SegmentationConfig& g = c.segmentation;
   FEDRAD_RETURN_IF_ERROR(check(!g.channels.empty() && g.channels.size() <= 16, c, "segmentation.channels",
@@ -303,10 +323,8 @@ Status validate(const StudyConfig& c) {
                                  "must be 0 with privacy.secure_aggregation: true (the coordinator never sees one "
                                  "site's update to bound it; privacy.secagg_clip and privacy.client_clip bound updates "
                                  "at the sites)"));
-    FEDRAD_RETURN_IF_ERROR(check(one_of(fc.upstream_codec, {"zstd", "none"}), c, "federation.upstream_codec",
-                                 "must be zstd or none with privacy.secure_aggregation: true (sites send a masked "
-                                 "fixed-point vector, uniform mod 2^32: lossy stages would break the masks and nothing "
-                                 "compresses it)"));
+    const std::string why = secure_codec_problem(fc.upstream_codec);
+    FEDRAD_RETURN_IF_ERROR(check(why.empty(), c, "federation.upstream_codec", why));
     FEDRAD_RETURN_IF_ERROR(check(c.sites.empty() || (c.sites.size() >= 2 && c.sites.size() <= 255), c, "sites",
                                  "secure aggregation needs 2..255 sites (one site's sum is its update)"));
   }

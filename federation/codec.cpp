@@ -330,19 +330,6 @@ bool read_values(const CodecSpec& spec, Cursor& c, int64_t m, const Segments& se
 
 // ---- index selection ------------------------------------------------------------------------
 
-std::vector<int64_t> randk_indices(const Weights& layout, double fraction, uint64_t seed) {
-  std::vector<int64_t> idx;
-  const float f = static_cast<float>(fraction);
-  int64_t at = 0;
-  for (const TensorRecord& t : layout) {
-    const int64_t end = at + static_cast<int64_t>(t.data.size());
-    const bool all = sent_whole(t);
-    for (int64_t i = at; i < end; ++i)
-      if (all || cuda::hash_uniform(seed ^ kRandKSalt, static_cast<uint64_t>(i)) < f) idx.push_back(i);
-    at = end;
-  }
-  return idx;
-}
 
 // Values of |x| at or above a threshold taken from a strided sample (cheap); when the sample
 // misjudges badly, the exact k-th largest magnitude instead.
@@ -931,6 +918,33 @@ StatusOr<Weights> decode_update(const std::string& codec, std::string_view bytes
     out.push_back(std::move(r));
   }
   return out;
+}
+
+std::vector<int64_t> randk_indices(const Weights& layout, double fraction, uint64_t seed) {
+  std::vector<int64_t> idx;
+  const float f = static_cast<float>(fraction);
+  int64_t at = 0;
+  for (const TensorRecord& t : layout) {
+    const int64_t end = at + static_cast<int64_t>(t.data.size());
+    const bool all = sent_whole(t);
+    for (int64_t i = at; i < end; ++i)
+      if (all || cuda::hash_uniform(seed ^ kRandKSalt, static_cast<uint64_t>(i)) < f) idx.push_back(i);
+    at = end;
+  }
+  return idx;
+}
+
+Status check_secure_aggregation_codec(const CodecSpec& spec) {
+  if (spec.sparsify == Sparsify::kTopK)
+    return invalid_argument("codec '" + spec.to_string() +
+                            "' cannot carry masked updates: top-k picks other coordinates at each site, so the masks "
+                            "would not cancel (use randk:F, whose coordinates come from a seed shared by all sites)");
+  if (spec.quantize != Quantize::kFp32)
+    return invalid_argument("codec '" + spec.to_string() +
+                            "' cannot carry masked updates: secure aggregation quantises to its own fixed point before "
+                            "masking, and a value masked mod 2^32 takes 4 bytes whatever its precision (drop the "
+                            "fp16/bf16/q8/q4/q2 stage)");
+  return ok_status();
 }
 
 }  // namespace fedrad::fed

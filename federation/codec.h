@@ -84,6 +84,23 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
 // with the bytes: an unknown stage is refused (unsupported), malformed bytes too (corrupt).
 StatusOr<Weights> decode_update(const std::string& codec, std::string_view bytes, const Weights& reference);
 
+// The coordinates random-k keeps for `seed`, as flat indices over the model's values in order:
+// every value of the small tensors that travel whole, and each other value with probability
+// `fraction` (a hash of the seed and the position). The same at every party for the same seed, so
+// secure aggregation's shared-seed random-k masks the same k values at every site.
+std::vector<int64_t> randk_indices(const Weights& layout, double fraction, uint64_t seed);
+
+// Secure aggregation's upstream codecs: plain ("zstd", "none"), or shared-seed random-k with
+// optional delta and error feedback ("delta|ef|randk:0.1"). Fails naming the stage that cannot
+// compose with masking: top-k (each site would pick other coordinates, so the masks would not
+// cancel) and fp16/bf16/q8/q4/q2 (the fixed point before masking is the quantiser, and values
+// masked mod 2^32 are 4 bytes whatever their precision).
+Status check_secure_aggregation_codec(const CodecSpec& spec);
+
+// The seed of secure aggregation's shared random-k in a round: the same at every site and at the
+// coordinator (a function of the round's seed only, which FIT_INS carries).
+inline uint64_t secure_randk_seed(uint64_t round_seed) { return round_seed * 0xd1342543de82ef95ull + 0x2545f4914f6cdd1dull; }
+
 // A 64-bit fingerprint of names and shapes, so that an update is never applied to another model.
 uint64_t layout_fingerprint(const Weights& w);
 

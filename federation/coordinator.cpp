@@ -241,9 +241,8 @@ class Coordinator {
     if (opt_.strategy.max_update_norm > 0)
       return invalid_argument("coordinator: max_update_norm bounds each site's update, which secure aggregation "
                               "hides; bound updates at the sites (secure aggregation clip, client DP clip)");
-    if (!up.plain())
-      return invalid_argument("coordinator: upstream codec '" + up.to_string() +
-                              "' cannot carry masked updates (secure aggregation sends its own fixed-point vector)");
+    if (Status composes = check_secure_aggregation_codec(up); !composes.ok())
+      return invalid_argument("coordinator: upstream codec: " + composes.message());
     if (opt_.expected_sites.size() < 2 || opt_.expected_sites.size() > wire::kMaxSecAggParties)
       return invalid_argument("coordinator: secure aggregation needs 2.." + std::to_string(wire::kMaxSecAggParties) +
                               " sites, not " + std::to_string(opt_.expected_sites.size()));
@@ -281,6 +280,7 @@ class Coordinator {
 
   StatusOr<Weights> run_study() {
     down_spec_ = CodecSpec::parse(opt_.downstream_codec).value();
+    up_spec_ = CodecSpec::parse(opt_.upstream_codec).value();
     plain_model_bytes_ = wire::plain_weights_bytes(opt_.initial_weights);
     log_->info("codecs: upstream '{}', downstream '{}'; strategy {}{}", CodecSpec::parse(opt_.upstream_codec)->to_string(),
                down_spec_.to_string(), strategy_->name(), strategy_->streaming() ? " (streaming)" : "");
@@ -845,8 +845,11 @@ class Coordinator {
   // relayed, masked inputs, unmasking. Returns the sample-weighted mean model (global + sum n_i
   // delta_i / sum n_i) as one result for the strategy, not ok when the sum cannot be recovered;
   // in_sum[i]: site i's input is in it. The coordinator never sees a site's update.
-  SiteResult secure_aggregate(uint32_t round, const Weights& global, const std::vector<std::optional<secagg::Key>>& keys,
-                              Exchange& ex, Clock::time_point deadline, std::vector<bool>* in_sum) {
+  // With a random-k upstream codec only the values at randk_indices(global, F, secure_randk_seed(
+  // round_seed)) are masked, the same coordinates at every site; the others keep the global value.
+  SiteResult secure_aggregate(uint32_t round, uint64_t round_seed, const Weights& global,
+                              const std::vector<std::optional<secagg::Key>>& keys, Exchange& ex,
+                              Clock::time_point deadline, std::vector<bool>* in_sum) {
     SiteResult out;
     out.site_id = "secure-aggregate";
     out.error_code = code_of(StatusCode::kUnsupported);
@@ -874,15 +877,20 @@ class Coordinator {
       return fail(std::to_string(parties) + " sites advertised keys, fewer than the threshold " + std::to_string(threshold));
     params.parties = parties;
     params.threshold = threshold;
-    params.dim = static_cast<uint32_t>(num_values(global) + 1);  // the update, then the weight
+    const bool sparse = up_spec_.sparsify == Sparsify::kRandK;
+    std::vector<int64_t> chosen;  // shared-seed random-k: the masked coordinates
+    if (sparse) chosen = randk_indices(global, up_spec_.fraction, secure_randk_seed(round_seed));
+    const uint64_t values = sparse ? chosen.size() : num_values(global);
+    params.dim = static_cast<uint32_t>(values + 1);  // the update, then the weight
     params.round = round;
     // The sum of every party's clipped, weighted values must fit in int32.
     const double bound = static_cast<double>(parties) * static_cast<double>(weight_cap);
     if (bound >= 2147483647.0) return fail("weight cap " + std::to_string(weight_cap) + " x parties overflows int32");
     const double scale = std::exp2(std::floor(std::log2(2147483647.0 / (bound * sa.clip))));
     if (!(scale >= 1)) return fail("clip " + std::to_string(sa.clip) + " x weight cap leaves no fixed-point precision");
-    log_->info("round {}: secure aggregation over {} parties, threshold {}, {} values, scale 2^{}", round, parties,
-               threshold, params.dim, static_cast<int>(std::log2(scale)));
+    log_->info("round {}: secure aggregation over {} parties, threshold {}, {} values{}, scale 2^{}", round, parties,
+               threshold, params.dim, !sparse ? "" : " (shared random-k of " + std::to_string(num_values(global)) + ")",
+               static_cast<int>(std::log2(scale)));
 
     secagg::SecAggServer server(params);
     server.set_public_keys(party_keys);
@@ -979,10 +987,21 @@ class Coordinator {
     const uint32_t total = (*sum)[params.dim - 1];  // sum n_i: below parties x weight_cap < 2^31
     if (total == 0 || total > bound) return fail("the recovered weight " + std::to_string(total) + " is out of range");
     out.fit.weights = global;
-    size_t k = 0;
     const double per = 1.0 / (scale * static_cast<double>(total));
-    for (TensorRecord& t : out.fit.weights)
-      for (float& v : t.data) v = static_cast<float>(static_cast<double>(v) + static_cast<int32_t>((*sum)[k++]) * per);
+    if (!sparse) {
+      size_t k = 0;
+      for (TensorRecord& t : out.fit.weights)
+        for (float& v : t.data) v = static_cast<float>(static_cast<double>(v) + static_cast<int32_t>((*sum)[k++]) * per);
+    } else {
+      // chosen is sorted: walk the tensors once.
+      size_t t = 0;
+      int64_t at = 0;
+      for (size_t k = 0; k < chosen.size(); ++k) {
+        while (chosen[k] >= at + static_cast<int64_t>(out.fit.weights[t].data.size())) at += out.fit.weights[t++].data.size();
+        float& v = out.fit.weights[t].data[static_cast<size_t>(chosen[k] - at)];
+        v = static_cast<float>(static_cast<double>(v) + static_cast<int32_t>((*sum)[k]) * per);
+      }
+    }
     out.ok = true;
     out.error_code = 0;
     out.fit.num_examples = total;
@@ -1008,6 +1027,7 @@ class Coordinator {
     ins.settings = opt_.settings;
     ins.settings.round = round;
     ins.settings.seed = opt_.settings.seed * 1000003ull + round;
+    const uint64_t ins_seed = ins.settings.seed;
     strategy_->configure_round(&ins.settings);
     const bool secure = opt_.secure_aggregation.enabled;
     ins.settings.secure_aggregation = secure;
@@ -1083,7 +1103,7 @@ class Coordinator {
     commit_downstream(std::move(down), ex);
     if (secure) {
       std::vector<bool> in_sum;
-      SiteResult sum = secure_aggregate(round, global, keys, ex, deadline, &in_sum);
+      SiteResult sum = secure_aggregate(round, ins_seed, global, keys, ex, deadline, &in_sum);
       for (size_t i = 0; i < sites_.size(); ++i) {
         if (!keys[i]) continue;
         reported[i] = true;
@@ -1346,6 +1366,7 @@ class Coordinator {
   std::map<std::string, uint64_t> last_sequence_;  // per site id: the last sequence taken
   std::map<std::string, wire::ChunkAssembler> assemblers_;  // per site id: a chunked message
   std::map<std::string, Clock::time_point> rejoin_asked_;   // per site id: when it was asked to rejoin
+  CodecSpec up_spec_;    // what the sites send: its random-k, under secure aggregation, picks the masked values
   CodecSpec down_spec_;
   Weights down_copy_;        // what the synced sites hold (lossy downstream codecs only)
   bool have_copy_ = false;

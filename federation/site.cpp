@@ -56,6 +56,10 @@ class SiteRunner {
     auto up = CodecSpec::parse(opt_.upstream_codec);
     if (!up.ok()) return invalid_argument("site '" + opt_.site_id + "': upstream codec: " + up.status().message());
     up_spec_ = *up;
+    if (opt_.secure_aggregation) {
+      if (Status composes = check_secure_aggregation_codec(up_spec_); !composes.ok())
+        return invalid_argument("site '" + opt_.site_id + "': upstream codec: " + composes.message());
+    }
     egress_ = EgressGuard(EgressPolicy{opt_.site_id, opt_.study, up_spec_.plain() ? "" : up_spec_.to_string()});
     FEDRAD_RETURN_IF_ERROR(egress_.check_policy());
     if (!opt_.audit_log.empty()) {
@@ -368,7 +372,8 @@ class SiteRunner {
     if (!eval.ok()) return reply_fit_failure(round, "evaluation", eval.status());
     auto fit = call_learner([&] { return learner_.fit(ins.weights, ins.settings); });
     if (!fit.ok()) return reply_fit_failure(round, "training", fit.status());
-    if (ins.settings.secure_aggregation) return begin_secagg(round, std::move(fit).value(), std::move(eval).value());
+    if (ins.settings.secure_aggregation)
+      return begin_secagg(round, ins.settings.seed, std::move(fit).value(), std::move(eval).value());
 
     wire::FitRes res;
     res.num_examples = fit->num_examples;
@@ -401,7 +406,10 @@ class SiteRunner {
   struct SecAggState {
     uint32_t round = 0;
     std::unique_ptr<secagg::SecAggClient> client;
-    std::vector<float> delta;  // the trained weights minus the model received, flattened
+    // The values to mask: the trained weights minus the model received, flattened, plus what error
+    // feedback carried over; with shared-seed random-k only those at `chosen` (sorted flat indices).
+    std::vector<float> delta;
+    std::vector<int64_t> chosen;
     uint64_t num_examples = 0;
     double train_loss = 0, train_seconds = 0;
     EvalReport eval;
@@ -410,15 +418,61 @@ class SiteRunner {
     size_t parties = 0;
   };
 
-  Status begin_secagg(uint32_t round, FitReport fit, EvalReport eval) {
+  // The update to mask, with the upstream codec's shared-seed random-k and error feedback: every
+  // site keeps the same coordinates (a function of the round's seed, which the coordinator also
+  // knows), and what was not sent waits in the residual for a later round (Deep Gradient
+  // Compression's momentum correction too when ef:m).
+  void select_secagg_values(uint64_t round_seed, const Weights& trained, SecAggState* st) {
+    const size_t n = static_cast<size_t>(num_values(copy_));
+    std::vector<float> x;
+    x.reserve(n);
+    for (size_t t = 0; t < copy_.size(); ++t)
+      for (size_t i = 0; i < copy_[t].data.size(); ++i)
+        x.push_back(static_cast<float>(static_cast<double>(trained[t].data[i]) - copy_[t].data[i]));
+    const bool sparse = up_spec_.sparsify == Sparsify::kRandK;
+    if (sparse) st->chosen = randk_indices(copy_, up_spec_.fraction, secure_randk_seed(round_seed));
+    if (!up_spec_.error_feedback) {
+      if (!sparse) {
+        st->delta = std::move(x);
+        return;
+      }
+      st->delta.reserve(st->chosen.size());
+      for (int64_t j : st->chosen) st->delta.push_back(x[static_cast<size_t>(j)]);
+      return;
+    }
+    ErrorFeedback& fb = feedback_;
+    if (fb.residual.size() != n) fb.residual.assign(n, 0.0f);
+    if (up_spec_.momentum > 0) {
+      if (fb.velocity.size() != n) fb.velocity.assign(n, 0.0f);
+      const float m = static_cast<float>(up_spec_.momentum);
+      for (size_t i = 0; i < n; ++i) {
+        fb.velocity[i] = m * fb.velocity[i] + x[i];
+        fb.residual[i] += fb.velocity[i];
+      }
+    } else {
+      for (size_t i = 0; i < n; ++i) fb.residual[i] += x[i];
+    }
+    if (!sparse) {
+      st->delta = fb.residual;
+      std::fill(fb.residual.begin(), fb.residual.end(), 0.0f);
+      if (!fb.velocity.empty()) std::fill(fb.velocity.begin(), fb.velocity.end(), 0.0f);
+      return;
+    }
+    st->delta.reserve(st->chosen.size());
+    for (int64_t j : st->chosen) {
+      const size_t i = static_cast<size_t>(j);
+      st->delta.push_back(fb.residual[i]);
+      fb.residual[i] = 0;
+      if (!fb.velocity.empty()) fb.velocity[i] = 0;
+    }
+  }
+
+  Status begin_secagg(uint32_t round, uint64_t round_seed, FitReport fit, EvalReport eval) {
     Status compatible = check_compatible(copy_, fit.weights);
     if (!compatible.ok()) return reply_fit_failure(round, "secure aggregation: the trained model", compatible);
     SecAggState st;
     st.round = round;
-    st.delta.reserve(static_cast<size_t>(num_values(copy_)));
-    for (size_t t = 0; t < copy_.size(); ++t)
-      for (size_t i = 0; i < copy_[t].data.size(); ++i)
-        st.delta.push_back(static_cast<float>(static_cast<double>(fit.weights[t].data[i]) - copy_[t].data[i]));
+    select_secagg_values(round_seed, fit.weights, &st);
     st.num_examples = fit.num_examples;
     st.train_loss = fit.train_loss;
     st.train_seconds = fit.train_seconds;
@@ -456,8 +510,9 @@ class SiteRunner {
     if (st->listed) return secagg_failure(round, "secure aggregation", invalid_argument("a second key list"));
     if (list.dim != st->delta.size() + 1)
       return secagg_failure(round, "secure aggregation",
-                            invalid_argument("the key list asks for " + std::to_string(list.dim) + " values, the model has " +
-                                             std::to_string(st->delta.size()) + " + 1"));
+                            invalid_argument("the key list asks for " + std::to_string(list.dim) + " values, this site masks " +
+                                             std::to_string(st->delta.size()) + " + 1 (upstream codec '" +
+                                             up_spec_.to_string() + "': the coordinator's must match)"));
     secagg::Params p;
     p.parties = static_cast<uint32_t>(list.keys.size());
     p.threshold = list.threshold;
@@ -495,7 +550,11 @@ class SiteRunner {
     for (size_t j = 0; j < st->delta.size(); ++j) {
       const double d = st->delta[j];
       const double c = std::clamp(d, -l.clip, l.clip);
-      clipped += c != d ? 1 : 0;
+      if (c != d) {
+        ++clipped;
+        // Error feedback keeps what the clip cut off (the rounding to the fixed point is below 1/scale).
+        if (up_spec_.error_feedback) feedback_.residual[st->chosen.empty() ? j : static_cast<size_t>(st->chosen[j])] += static_cast<float>(d - c);
+      }
       input[j] = static_cast<uint32_t>(static_cast<int32_t>(std::llround(c * static_cast<double>(n) * l.scale)));
     }
     input[l.dim - 1] = static_cast<uint32_t>(n);

@@ -33,6 +33,16 @@ TEST(SecAggConfig, ParsesTheKeysAndComposesWithFedAvgVariantsAndClientDp) {
   EXPECT_EQ(d->privacy.secagg_threshold, 0);
 }
 
+// Shared-seed random-k (with delta and error feedback) composes with masking.
+TEST(SecAggConfig, AcceptsSharedSeedRandomK) {
+  for (const char* codec : {"randk:0.1", "delta|ef|randk:0.05|zstd", "delta|ef:0.9|randk:0.2", "none", "zstd"}) {
+    auto c = parse_study_config(std::string(kSites) + "federation: {upstream_codec: '" + codec +
+                                    "'}\nprivacy: {secure_aggregation: true}\n",
+                                "ok.yaml");
+    EXPECT_TRUE(c.ok()) << codec << ": " << c.status().to_string();
+  }
+}
+
 TEST(SecAggConfig, RefusesWhatNeedsOneSitesUpdateNamingTheKeyAndWhy) {
   const std::string on = "privacy: {secure_aggregation: true}\n";
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
@@ -42,8 +52,10 @@ TEST(SecAggConfig, RefusesWhatNeedsOneSitesUpdateNamingTheKeyAndWhy) {
        "trimmed_mean"},
       {std::string(kSites) + "federation: {max_update_norm: 5}\n" + on, "federation.max_update_norm",
        "never sees one site's update"},
-      {std::string(kSites) + "federation: {upstream_codec: 'delta|topk:0.01|q8|zstd'}\n" + on,
-       "federation.upstream_codec", "would break the masks"},
+      {std::string(kSites) + "federation: {upstream_codec: 'delta|topk:0.01|zstd'}\n" + on,
+       "federation.upstream_codec", "the masks would not cancel"},
+      {std::string(kSites) + "federation: {upstream_codec: 'delta|ef|randk:0.1|q8|zstd'}\n" + on,
+       "federation.upstream_codec", "cannot use q8"},
       {"sites: [a]\n" + on, "sites", "2..255 sites"},
       {std::string(kSites) + "privacy: {secure_aggregation: true, secagg_clip: 0}\n", "privacy.secagg_clip",
        "> 0"},

@@ -18,6 +18,7 @@
 #include <zmq.hpp>
 
 #include "federation/audit.h"
+#include "federation/codec.h"
 #include "federation/federation.h"
 #include "federation/secagg.h"
 #include "federation/wire.h"
@@ -207,6 +208,84 @@ TEST(SecAggLive, MatchesPlainFedAvgWithinTheQuantisationError) {
   EXPECT_EQ(summary->sent.count("FIT_RES"), 0u);
   std::printf("largest difference %.3g, bound %.3g (scale 2^%d)\n", worst, worst_bound,
               static_cast<int>(std::log2(scale)));
+}
+
+// Shared-seed random-k composes with masking: every site masks only the values at
+// randk_indices(seed of the round), the same coordinates at each site and at the coordinator, so
+// the masks still cancel and the upload shrinks to ~F of the model. With error feedback a value
+// waits at the site until its coordinate is drawn; as every site's update here is the same each
+// round, after R rounds value j has moved by L_j x (the weighted mean), L_j being the last round
+// that drew j (0: never), exactly up to the fixed point.
+std::vector<int64_t> drawn_in(uint32_t round, const CoordinatorOptions& o, double fraction) {
+  return randk_indices(initial_model(), fraction, secure_randk_seed(o.settings.seed * 1000003ull + round));
+}
+
+TEST(SecAggLive, SharedSeedRandomKMasksTheSameCoordinatesAtEverySite) {
+  constexpr int kSites = 3, kRounds = 4;
+  constexpr double kFraction = 0.1;
+  for (const bool feedback : {false, true}) {
+    SCOPED_TRACE(feedback ? "delta|ef|randk:0.1" : "randk:0.1");
+    Study study(kSites, kRounds, /*secure=*/true);
+    const std::string codec = feedback ? "delta|ef|randk:0.1" : "randk:0.1";
+    study.coordinator.upstream_codec = codec;
+    study.coordinator.secure_aggregation.clip = 8;  // above kRounds x 0.4: error feedback's sums are never clipped
+    for (SiteOptions& s : study.sites) s.upstream_codec = codec;
+    auto r = study.run();
+    ASSERT_TRUE(r.weights.ok()) << r.weights.status().to_string();
+    for (const Status& st : r.sites) EXPECT_TRUE(st.ok()) << st.to_string();
+
+    std::vector<uint32_t> last(kValues, 0);  // L_j
+    std::vector<uint32_t> times(kValues, 0);  // how often j was drawn
+    size_t drawn_total = 0;
+    for (uint32_t round = 1; round <= kRounds; ++round) {
+      const auto idx = drawn_in(round, study.coordinator, kFraction);
+      drawn_total += idx.size();
+      for (int64_t j : idx) {
+        last[static_cast<size_t>(j)] = round;
+        ++times[static_cast<size_t>(j)];
+      }
+    }
+    // About F of the values each round (both tensors have 1000 values, so both are sparsified).
+    EXPECT_GT(drawn_total, kRounds * kValues * kFraction * 0.7);
+    EXPECT_LT(drawn_total, kRounds * kValues * kFraction * 1.3);
+
+    const std::vector<double> mean = weighted_mean({0, 1, 2});
+    const std::vector<float> start = flat(initial_model()), got = flat(*r.weights);
+    size_t moved = 0;
+    for (size_t j = 0; j < kValues; ++j) {
+      const double expect = start[j] + (feedback ? last[j] : times[j]) * mean[j];
+      EXPECT_NEAR(got[j], expect, 1e-5) << "value " << j << " drawn " << times[j] << " times, last in round " << last[j];
+      moved += got[j] != start[j] ? 1 : 0;
+    }
+    EXPECT_GT(moved, 0u);
+    EXPECT_LT(moved, kValues);  // some values were never drawn in 4 rounds at F = 0.1 (~66% of them)
+    // The upload: ~F of the values, 4 bytes each, instead of the whole model.
+    for (const RoundLog& log : study.logs) {
+      if (log.evaluation_only) continue;
+      for (const SiteRoundLog& site : log.sites) {
+        EXPECT_TRUE(site.ok) << site.site_id << " round " << log.round;
+        EXPECT_LT(site.bytes_up, 4 * kValues / 2) << site.site_id << " round " << log.round;
+      }
+    }
+  }
+}
+
+// A site whose codec disagrees with the coordinator's masks another number of values: it says so
+// (in its own log) and drops out of the round instead of sending a vector that would not cancel.
+TEST(SecAggLive, ASiteWhoseRandomKDisagreesWithTheCoordinatorDropsOut) {
+  Study study(3, 1, /*secure=*/true);
+  study.coordinator.upstream_codec = "randk:0.1";
+  study.coordinator.min_sites = 2;
+  for (size_t i = 0; i < 2; ++i) study.sites[i].upstream_codec = "randk:0.1";
+  study.sites[2].upstream_codec = "randk:0.2";
+  auto r = study.run();
+  ASSERT_TRUE(r.weights.ok()) << r.weights.status().to_string();
+  ASSERT_GE(study.logs.size(), 1u);
+  const RoundLog& log = study.logs[0];
+  ASSERT_EQ(log.sites.size(), 3u);
+  EXPECT_TRUE(log.sites[0].ok);
+  EXPECT_TRUE(log.sites[1].ok);
+  EXPECT_FALSE(log.sites[2].ok);
 }
 
 // (b) A site that vanishes after sending its masked input, and one that vanishes after sharing
@@ -421,7 +500,9 @@ TEST(SecAggLive, CoordinatorRefusesStrategiesThatNeedEachUpdate) {
       {[](CoordinatorOptions& o) { o.strategy.name = "trimmed_mean"; }, "strategy trimmed_mean"},
       {[](CoordinatorOptions& o) { o.strategy.max_update_norm = 1; }, "max_update_norm"},
       {[](CoordinatorOptions& o) { o.upstream_codec = "delta|topk:0.1|zstd"; },
-       "cannot carry masked updates"},
+       "top-k picks other coordinates at each site"},
+      {[](CoordinatorOptions& o) { o.upstream_codec = "delta|randk:0.1|q8"; },
+       "drop the fp16/bf16/q8/q4/q2 stage"},
       {[](CoordinatorOptions& o) { o.expected_sites = {"site-a"}; }, "needs 2..255 sites"},
       {[](CoordinatorOptions& o) { o.secure_aggregation.threshold = 5; }, "threshold 5"},
   };
