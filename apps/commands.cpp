@@ -77,6 +77,19 @@ int run_cli(int argc, char** argv) {
   site->add_option("--threads", threads, "compute threads (default: train.threads)");
   site->add_option("--keys", keys_dir, "CurveZMQ keys folder (default: federation.keys_dir; see `fedrad keys`)");
 
+  auto* region = app.add_subcommand(
+      "region", "Run a regional aggregator (federation.regions): a site towards the coordinator, a coordinator of its sites");
+  std::string region_id, listen;
+  region->add_option("--config", config_path, "study config (YAML)")->required()->check(CLI::ExistingFile);
+  region->add_option("--region-id", region_id, "this region's name (one of federation.regions)")->required();
+  region->add_option("--address", address, "coordinator address (default: federation.address)");
+  region->add_option("--listen", listen, "where its sites connect (default: the region's address in the config)");
+  region->add_option("--keys", keys_dir, "CurveZMQ keys folder (default: federation.keys_dir; see `fedrad keys`)");
+  std::string region_audit_log;
+  region->add_option("--audit-log", region_audit_log,
+                     "append the tamper-evident log of what the region sent to and received from the coordinator "
+                     "(default: none)");
+
   // Started by `site` for train.data_parallel > 1: one more rank of that site (hidden).
   auto* site_worker = app.add_subcommand("site-worker", "A data-parallel rank of a site (started by `site`)");
   site_worker->group("");
@@ -197,6 +210,12 @@ int run_cli(int argc, char** argv) {
     if (Status st = need_keys(*c); !st.ok()) return report(st);
     return report(app::site(*c, data, site_id, address, threads, audit_log));
   }
+  if (*region) {
+    auto c = load();
+    if (!c.ok()) return report(c.status());
+    if (Status st = need_keys(*c); !st.ok()) return report(st);
+    return report(app::region(*c, region_id, address, listen, region_audit_log));
+  }
   if (*site_worker) {
     auto c = load();
     if (!c.ok()) return report(c.status());
@@ -208,6 +227,8 @@ int run_cli(int argc, char** argv) {
       auto c = load();
       if (!c.ok()) return report(c.status());
       names = c->sites;
+      // Regions get a pair too: they join the coordinator with it and serve their sites with it.
+      for (const RegionConfig& r : c->federation.regions) names.push_back(r.id);
     }
     return report(app::write_keys(out, names));
   }

@@ -30,6 +30,7 @@
 #include "federation/dp.h"
 #include "federation/federation.h"
 #include "federation/keys.h"
+#include "federation/regional.h"
 #include "imaging/dicom.h"
 #include "imaging/scan.h"
 #include "imaging/site_index.h"
@@ -373,7 +374,7 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
   fed::CoordinatorOptions o;
   o.bind_address = config.federation.address;
   o.study = config.name;
-  o.expected_sites = config.sites;
+  o.expected_sites = config.coordinator_participants();  // the regions, with federation.regions
   o.min_sites = config.federation.min_sites;
   o.rounds = config.rounds;
   o.settings.local_epochs = static_cast<uint32_t>(config.train.local_epochs);
@@ -411,13 +412,46 @@ fed::CoordinatorOptions coordinator_options(const StudyConfig& config) {
 // CurveZMQ keys named by federation.keys_dir; errors name the key and the file.
 StatusOr<fed::CoordinatorKeys> coordinator_keys(const StudyConfig& config) {
   if (config.federation.keys_dir.empty()) return fed::CoordinatorKeys{};
-  auto keys = fed::load_coordinator_keys(config.federation.keys_dir, config.sites);
+  auto keys = fed::load_coordinator_keys(config.federation.keys_dir, config.coordinator_participants());
   if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir");
+  return keys;
+}
+
+// A region's keys towards its sites: its own pair (DIR/<region>.secret, the one it joins the
+// coordinator with) as the server key, its sites' public keys as the allow-list.
+StatusOr<fed::CoordinatorKeys> region_keys(const StudyConfig& config, const RegionConfig& region) {
+  if (config.federation.keys_dir.empty()) return fed::CoordinatorKeys{};
+  const std::string& dir = config.federation.keys_dir;
+  auto load = [&]() -> StatusOr<fed::CoordinatorKeys> {
+    FEDRAD_RETURN_IF_ERROR(fed::require_curve());
+    fed::CoordinatorKeys keys;
+    FEDRAD_ASSIGN_OR_RETURN(keys.own, fed::read_secret_key(fed::site_secret_key_path(dir, region.id)));
+    for (const std::string& s : region.sites) {
+      FEDRAD_ASSIGN_OR_RETURN(std::string pub, fed::read_public_key(fed::site_public_key_path(dir, s)));
+      keys.sites[s] = pub;
+    }
+    return keys;
+  };
+  auto keys = load();
+  if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir (region '" + region.id + "')");
   return keys;
 }
 
 StatusOr<fed::SiteKeys> site_keys(const StudyConfig& config, const std::string& site_id) {
   if (config.federation.keys_dir.empty()) return fed::SiteKeys{};
+  if (const RegionConfig* region = config.region_of_site(site_id)) {
+    // A site of a region talks to its region, whose key is DIR/sites/<region>.pub.
+    auto keys = [&]() -> StatusOr<fed::SiteKeys> {
+      FEDRAD_RETURN_IF_ERROR(fed::require_curve());
+      fed::SiteKeys k;
+      FEDRAD_ASSIGN_OR_RETURN(k.own, fed::read_secret_key(fed::site_secret_key_path(config.federation.keys_dir, site_id)));
+      FEDRAD_ASSIGN_OR_RETURN(k.coordinator_public_key,
+                              fed::read_public_key(fed::site_public_key_path(config.federation.keys_dir, region->id)));
+      return k;
+    }();
+    if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir");
+    return keys;
+  }
   auto keys = fed::load_site_keys(config.federation.keys_dir, site_id);
   if (!keys.ok()) return keys.status().with_context(config.source + ": federation.keys_dir");
   return keys;
@@ -428,7 +462,7 @@ Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir,
   FEDRAD_ASSIGN_OR_RETURN(fed::CoordinatorKeys keys, coordinator_keys(config));
   std::unique_ptr<StatusServer> status;
   if (status_port > 0) {
-    status = std::make_unique<StatusServer>(config.name, config.rounds, config.sites);
+    status = std::make_unique<StatusServer>(config.name, config.rounds, config.coordinator_participants());
     if (config.segmentation_task()) {
       std::vector<std::string> names;
       for (const auto& s : seg_structures(config.segmentation.labels, config.segmentation.brats_regions))
@@ -460,7 +494,7 @@ Status run_coordinator_to(const StudyConfig& config, const std::string& out_dir,
       for (uint32_t r = 0; r < last.round; ++r) accountant.step(/*q=*/1.0, config.privacy.client_noise_multiplier);
   };
   if (status) status->set_state("running");
-  auto result = fed::run_coordinator(options);
+  auto result = fed::run_coordinator(std::move(options));  // takes the initial model: not held twice
   if (!result.ok()) {
     if (status) status->set_state("failed");
     return result.status();
@@ -616,10 +650,17 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir + "/logs"));
   FEDRAD_ASSIGN_OR_RETURN(int port, free_port());
   config.federation.address = "tcp://127.0.0.1:" + std::to_string(port);
+  // A tier of regional aggregators: one process per region, each on a port of its own here.
+  std::vector<std::string> key_owners = config.sites;
+  for (RegionConfig& r : config.federation.regions) {
+    FEDRAD_ASSIGN_OR_RETURN(int region_port, free_port());
+    r.address = "tcp://127.0.0.1:" + std::to_string(region_port);
+    key_owners.push_back(r.id);
+  }
   // Encrypted and authenticated by default: keys for the coordinator and each site in OUT/keys.
   if (config.federation.keys_dir.empty() && !config.federation.plaintext) {
     const std::string keys_dir = fs::absolute(fs::path(out_dir) / "keys").lexically_normal().string();
-    auto written = fed::write_study_keys(keys_dir, config.sites);
+    auto written = fed::write_study_keys(keys_dir, key_owners);
     if (!written.ok()) return written.status().with_context("simulate: keys");
     config.federation.keys_dir = keys_dir;
   }
@@ -648,6 +689,18 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
     auto pid = spawn_site(args, out_dir + "/logs/" + s + ".log");
     if (!pid.ok()) return pid.status();
     children.emplace_back(s, *pid);
+  }
+  for (const RegionConfig& r : config.federation.regions) {
+    std::vector<std::string> args = {"fedrad", "region", "--config", config_path, "--region-id", r.id};
+    const auto level = log->level();
+    if (level <= spdlog::level::debug) args.push_back("--verbose");
+    else if (level >= spdlog::level::warn) args.push_back("--quiet");
+    auto pid = spawn_site(args, out_dir + "/logs/" + r.id + ".log");
+    if (!pid.ok()) return pid.status();
+    children.emplace_back(r.id, *pid);
+    std::string names;
+    for (const std::string& x : r.sites) names += (names.empty() ? "" : ", ") + x;
+    log->info("region '{}' at {}: sites {}", r.id, r.address, names);
   }
   // A site that fails (bad data, crash) ends the simulation with its log named, instead of
   // leaving the coordinator waiting for its deadline.
@@ -732,7 +785,8 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
   }
   fed::Learner& learner = *learner_ptr;
   fed::SiteOptions o;
-  o.coordinator_address = address.empty() ? config.federation.address : address;
+  const RegionConfig* region = config.region_of_site(site_id);  // its sites talk to the region
+  o.coordinator_address = !address.empty() ? address : region != nullptr ? region->address : config.federation.address;
   o.site_id = site_id;
   o.study = config.name;
   o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
@@ -760,6 +814,52 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
     return fed::run_site(private_learner, o);
   }
   return fed::run_site(learner, o);
+}
+
+Status region(const StudyConfig& config, const std::string& region_id, const std::string& address,
+              const std::string& listen, const std::string& audit_log) {
+  const RegionConfig* r = config.region(region_id);
+  if (r == nullptr) {
+    std::string ids;
+    for (const RegionConfig& x : config.federation.regions) ids += (ids.empty() ? "" : ", ") + x.id;
+    return invalid_argument(config.source + ": federation.regions: no region '" + region_id + "' (" +
+                            (ids.empty() ? std::string("the config has no regions") : "regions: " + ids) + ")");
+  }
+  fed::RegionOptions o;
+  // Towards the coordinator: a site named after the region.
+  fed::SiteOptions& up = o.upstream;
+  up.coordinator_address = address.empty() ? config.federation.address : address;
+  up.site_id = r->id;
+  up.study = config.name;
+  up.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
+  up.zstd_level = config.federation.zstd_level;
+  up.upstream_codec = config.federation.upstream_codec;
+  up.downstream_codec = config.federation.downstream_codec;
+  up.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  up.heartbeat_s = config.federation.heartbeat_s;
+  up.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  up.audit_log = audit_log;
+  FEDRAD_ASSIGN_OR_RETURN(up.keys, site_keys(config, r->id));
+  // Towards its sites: a coordinator of the same study with plain FedAvg, no model of its own
+  // (each round's comes from above). Its deadlines are 10% shorter than the coordinator's, so that
+  // its answer (or its failure) arrives before the coordinator gives up on it.
+  fed::CoordinatorOptions& down = o.downstream;
+  down.bind_address = listen.empty() ? r->address : listen;
+  down.study = config.name;
+  down.expected_sites = r->sites;
+  down.min_sites = r->min_sites;
+  down.rounds = config.rounds;
+  down.join_timeout_s = 0.9 * config.federation.join_timeout_s;
+  down.round_timeout_s = 0.9 * config.federation.round_timeout_s;
+  down.compression = up.compression;
+  down.zstd_level = config.federation.zstd_level;
+  down.upstream_codec = config.federation.upstream_codec;
+  down.downstream_codec = config.federation.downstream_codec;
+  down.heartbeat_s = config.federation.heartbeat_s;
+  down.heartbeat_misses = config.federation.heartbeat_misses;
+  down.chunk_bytes = up.chunk_bytes;
+  FEDRAD_ASSIGN_OR_RETURN(down.keys, region_keys(config, *r));
+  return fed::run_region(o);
 }
 
 Status site_worker(const StudyConfig& config, const std::string& site_dir, const std::string& site_id, int rank,

@@ -34,6 +34,13 @@ Status write_keys(const std::string& dir, const std::vector<std::string>& sites)
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
             const std::string& address, int threads, const std::string& audit_log = "");
 
+// `fedrad region`: the regional aggregator `region_id` of cfg.federation.regions (federation/regional.h):
+// a site towards the coordinator at `address` (default: federation.address), a coordinator of its
+// sites listening on `listen` (default: the region's address). Keys as for a site (DIR/<region>.secret,
+// DIR/coordinator.pub) plus its sites' public keys (DIR/sites/<site>.pub). audit_log: "" = none.
+Status region(const StudyConfig& config, const std::string& region_id, const std::string& address,
+              const std::string& listen, const std::string& audit_log = "");
+
 // A data-parallel rank 1.. of a site (train.data_parallel > 1): `site` starts world - 1 of these
 // as child processes with the site's effective config; each trains its shard in lockstep with
 // rank 0 over `control` (training/data_parallel.h) and never talks to the coordinator.

@@ -158,7 +158,7 @@ int run_coordinator_mode(const Args& a) {
     bytes_down += log.bytes_down;
   };
   const auto t0 = std::chrono::steady_clock::now();
-  auto result = fed::run_coordinator(o);
+  auto result = fed::run_coordinator(std::move(o));  // the coordinator takes the initial model (no second copy)
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!result.ok()) {
     std::fprintf(stderr, "coordinator: %s\n", result.status().to_string().c_str());

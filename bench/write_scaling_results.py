@@ -98,8 +98,11 @@ def main():
             f"{s10['coordinator_peak_mb']:.0f} MB); messages lost: {lost} ({s100['updates_received']} of "
             f"{s100['updates_expected']} updates received, the sites ran {s100['site_fits']} fits).")
     lines += ["", "Reading:",
-              "- Per round the coordinator encodes the global model for each site and sends it, then receives and "
-              "folds in each reply as it arrives (streaming FedAvg keeps running sums, not the updates). With fake "
+              "- Per round the coordinator encodes the global model once, frames it (CHUNK messages above "
+              "`chunk_mb`) into one buffer and hands every site the same frames without a copy per site (zero-copy "
+              "ZeroMQ messages sharing the buffer), then receives and folds in each reply as it arrives (streaming "
+              "FedAvg keeps running sums, not the updates; a chunked update is read in place from its reassembly "
+              "buffer, not decoded into a copy). With fake "
               "sites that answer at once the round time is the coordinator's send, receive and aggregation work plus "
               "the sites' decode/encode, all on the same 2 loaded cores, so single rounds are noisy (the first round "
               "also pays for connections and first touches)."]
@@ -110,19 +113,32 @@ def main():
         rate = ", ".join(f"{r['model_mb']:.0f} MB: {r['mb_per_round'] / r['round_seconds_median']:.0f} MB/s"
                          for r in ok_model)
         lines.append(f"- Coordinator memory against the model ({ok_model[0]['sites']} sites), peak / model size: {copies}. "
-                     "It holds several copies per round (the global model, the running sum, an encoded message per "
-                     "site, replies being decoded); streaming aggregation keeps that from growing with the updates, "
-                     "but not below ~10 copies of a large model. Wire rate (both directions) per round: " + rate +
-                     ", far below what TCP on 127.0.0.1 carries: on this loaded machine the coordinator's one thread "
-                     "encoding, sending, receiving and decoding copies of the model in turn is the likely bottleneck (not profiled), "
-                     "worth profiling before models of 100 MB and more run here.")
+                     "What it holds at the peak (issue 6): the global model (1 copy; the coordinator takes the initial "
+                     "model from the options instead of copying it), FedAvg's running sums (2 copies: double, so that "
+                     "the mean does not depend on the order in which updates arrive; allocated with the first update), "
+                     "and the reassembly buffer of each update arriving at the same time (1 copy each, read in place; "
+                     "its memory goes back tensor by tensor as it is folded in, so the sums grow while it shrinks); "
+                     "while it sends, the one framed FIT_INS (1 copy, shared by all sites' queues; the encoded message "
+                     "is freed once framed). With 2 sites answering at once that is ~4 copies; small models are "
+                     "dominated by the process itself and 64 MiB chunk buffers. "
+                     "Wire rate (both directions) per round: " + rate + ", far below what TCP on 127.0.0.1 carries: "
+                     "the coordinator's one thread framing, receiving and folding in the model in turn on this loaded "
+                     "machine is the likely bottleneck (not profiled).")
     ok_sites = [r for r in by_sites if not r.get("skipped")]
     if ok_sites:
         big = ok_sites[-1]
         per_site = (big["coordinator_peak_mb"] - big["coordinator_before_study_mb"]) * 2**20 / 1e6 / big["sites"] / big["model_mb"]
         lines.append(f"- Against the number of sites the coordinator's memory grows by ~{per_site:.1f} model copies per "
                      f"site ({big['sites']} sites: {big['coordinator_peak_mb']:.0f} MB for a {big['model_mb']:.2f} MB "
-                     "model): each site's outgoing message is encoded and queued in ZeroMQ before the replies come back.")
+                     "model): per-site state (ZeroMQ pipes and buffers, reassembly of each site's reply, logs), the "
+                     "instruction itself being shared by all sites' queues.")
+    big_default = [r for r in by_model if not r.get("skipped") and r["model_mb"] >= 999 and r.get("heartbeat_misses") == "default"]
+    if big_default:
+        lines.append("- Liveness and large models: the 1 GB study ran with the coordinator's default liveness window "
+                     "(6 missed heartbeats x 5 s): every chunk of a site's update counts as a sign of life, silence is "
+                     "judged only once the coordinator has read what is queued (a site whose messages wait behind "
+                     "another site's large update is not silent), and a site's heartbeats go out between the chunks of "
+                     "its own large update (its socket lock is held per chunk, not for the whole encode and send).")
     failed_big = [r for r in by_model if r.get("skipped", "").startswith("FAILED")]
     if failed_big:
         lines.append("- Liveness and large models: with the coordinator's default liveness window (6 missed "

@@ -1,8 +1,10 @@
 #include "common/config.h"
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -148,6 +150,80 @@ std::string secure_codec_problem(const std::string& codec) {
   return "";
 }
 
+// A participant's name on the wire and in key files (the egress guard's rule).
+bool valid_participant_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') return false;
+  return true;
+}
+
+// `federation.regions`: a region id maps to {address, sites, min_sites}, in the file's order.
+void parse_regions(const YAML::Node& node, const std::string& source, Status* err, std::vector<RegionConfig>* out) {
+  if (!err->ok() || !node || node.IsNull()) return;
+  if (!node.IsMap()) {
+    *err = invalid_argument(source + ": federation.regions: expected a mapping of region id to {address, sites, "
+                            "min_sites}");
+    return;
+  }
+  for (const auto& kv : node) {
+    RegionConfig r;
+    r.id = kv.first.Scalar();
+    MapReader m(kv.second, "federation.regions." + r.id, source, err);
+    m.get("address", &r.address);
+    m.get("sites", &r.sites);
+    m.get("min_sites", &r.min_sites);
+    m.finish();
+    out->push_back(std::move(r));
+  }
+}
+
+// What a tier of regional aggregators needs, and what cannot pass through one (federation/regional.h).
+Status validate_regions(const StudyConfig& c) {
+  const FederationConfig& fc = c.federation;
+  if (fc.regions.empty()) return ok_status();
+  FEDRAD_RETURN_IF_ERROR(check(!c.privacy.secure_aggregation, c, "federation.regions",
+                               "cannot be used with privacy.secure_aggregation: true (a regional aggregator would "
+                               "unmask, and so see, each of its sites' updates); run the study without regions"));
+  FEDRAD_RETURN_IF_ERROR(check(!one_of(fc.strategy, {"median", "trimmed_mean"}), c, "federation.strategy",
+                               "cannot be " + fc.strategy +
+                                   " with federation.regions (it is robust to faulty sites because it sees each "
+                                   "site's update; through regions it would see one mean per region): use fedavg, "
+                                   "fedprox, fedbn, fedavgm, fedadam, fedyogi or fedadagrad, or no regions"));
+  FEDRAD_RETURN_IF_ERROR(check(fc.max_update_norm == 0, c, "federation.max_update_norm",
+                               "must be 0 with federation.regions (it would bound a region's mean update, not a "
+                               "site's); use privacy.client_clip to bound each site's update at the site"));
+  std::set<std::string> sites(c.sites.begin(), c.sites.end()), addresses{fc.address};
+  std::map<std::string, std::string> region_of;
+  for (const RegionConfig& r : fc.regions) {
+    const std::string key = "federation.regions." + r.id;
+    FEDRAD_RETURN_IF_ERROR(check(valid_participant_name(r.id), c, key,
+                                 "a region id must match [A-Za-z0-9._-]{1,64}, got '" + r.id + "'"));
+    FEDRAD_RETURN_IF_ERROR(check(!sites.count(r.id), c, key,
+                                 "region id '" + r.id + "' is also a site's name; regions and sites need distinct "
+                                 "names (they share the keys folder)"));
+    FEDRAD_RETURN_IF_ERROR(check(r.address.find("://") != std::string::npos, c, key + ".address",
+                                 "must be the ZeroMQ endpoint the region listens on for its sites, such as "
+                                 "tcp://0.0.0.0:5601"));
+    FEDRAD_RETURN_IF_ERROR(check(addresses.insert(r.address).second, c, key + ".address",
+                                 "'" + r.address + "' is already federation.address or another region's address"));
+    FEDRAD_RETURN_IF_ERROR(check(!r.sites.empty(), c, key + ".sites", "must list the region's sites"));
+    for (const std::string& s : r.sites) {
+      FEDRAD_RETURN_IF_ERROR(check(sites.count(s) > 0, c, key + ".sites", "'" + s + "' is not one of the study's sites"));
+      auto [it, fresh] = region_of.emplace(s, r.id);
+      FEDRAD_RETURN_IF_ERROR(check(fresh, c, key + ".sites",
+                                   "site '" + s + "' is already in region '" + it->second + "' (a site is in one region)"));
+    }
+    FEDRAD_RETURN_IF_ERROR(check(r.min_sites >= 0 && r.min_sites <= static_cast<int>(r.sites.size()), c,
+                                 key + ".min_sites",
+                                 "must be in 0..the region's " + std::to_string(r.sites.size()) + " sites (0 = all)"));
+  }
+  for (const std::string& s : c.sites)
+    FEDRAD_RETURN_IF_ERROR(check(region_of.count(s) > 0, c, "federation.regions",
+                                 "site '" + s + "' is in no region (with regions, every site is in exactly one)"));
+  return ok_status();
+}
+
 Status validate_segmentation(const StudyConfig& c) {
   const SegmentationConfig& g = c.segmentation;
   FEDRAD_RETURN_IF_ERROR(check(!g.channels.empty() && g.channels.size() <= 16, c, "segmentation.channels",
@@ -274,8 +350,15 @@ Status validate(const StudyConfig& c) {
   FEDRAD_RETURN_IF_ERROR(check(c.federation.address.find("://") != std::string::npos, c, "federation.address",
                                "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.min_sites >= 0, c, "federation.min_sites", "must be >= 0"));
-  FEDRAD_RETURN_IF_ERROR(check(c.sites.empty() || c.federation.min_sites <= static_cast<int>(c.sites.size()), c,
-                               "federation.min_sites", "must not exceed the number of sites"));
+  if (c.federation.regions.empty()) {
+    FEDRAD_RETURN_IF_ERROR(check(c.sites.empty() || c.federation.min_sites <= static_cast<int>(c.sites.size()), c,
+                                 "federation.min_sites", "must not exceed the number of sites"));
+  } else {
+    FEDRAD_RETURN_IF_ERROR(check(c.federation.min_sites <= static_cast<int>(c.federation.regions.size()), c,
+                                 "federation.min_sites",
+                                 "must not exceed the number of regions (with federation.regions the coordinator's "
+                                 "participants are the regions)"));
+  }
   FEDRAD_RETURN_IF_ERROR(check(c.federation.join_timeout_s > 0, c, "federation.join_timeout_s", "must be > 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.round_timeout_s > 0, c, "federation.round_timeout_s", "must be > 0"));
   FEDRAD_RETURN_IF_ERROR(check(c.federation.heartbeat_s > 0, c, "federation.heartbeat_s", "must be > 0"));
@@ -334,7 +417,28 @@ Status validate(const StudyConfig& c) {
                                  "each site must be a folder name, got '" + s + "'"));
     FEDRAD_RETURN_IF_ERROR(check(names.insert(s).second, c, "sites", "site '" + s + "' is listed twice"));
   }
+  FEDRAD_RETURN_IF_ERROR(validate_regions(c));
   return ok_status();
+}
+
+const RegionConfig* StudyConfig::region_of_site(const std::string& site) const {
+  for (const RegionConfig& r : federation.regions)
+    for (const std::string& s : r.sites)
+      if (s == site) return &r;
+  return nullptr;
+}
+
+const RegionConfig* StudyConfig::region(const std::string& id) const {
+  for (const RegionConfig& r : federation.regions)
+    if (r.id == id) return &r;
+  return nullptr;
+}
+
+std::vector<std::string> StudyConfig::coordinator_participants() const {
+  if (federation.regions.empty()) return sites;
+  std::vector<std::string> ids;
+  for (const RegionConfig& r : federation.regions) ids.push_back(r.id);
+  return ids;
 }
 
 StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std::string& source) {
@@ -415,6 +519,7 @@ StatusOr<StudyConfig> parse_study_config(const std::string& yaml_text, const std
       f.get("heartbeat_s", &c.federation.heartbeat_s);
       f.get("heartbeat_misses", &c.federation.heartbeat_misses);
       f.get("chunk_mb", &c.federation.chunk_mb);
+      parse_regions(f.child("regions"), source, &err, &c.federation.regions);
       f.finish();
     }
     {
@@ -520,6 +625,17 @@ std::string to_yaml(const StudyConfig& c) {
   e << YAML::Key << "heartbeat_s" << YAML::Value << c.federation.heartbeat_s;
   e << YAML::Key << "heartbeat_misses" << YAML::Value << c.federation.heartbeat_misses;
   e << YAML::Key << "chunk_mb" << YAML::Value << c.federation.chunk_mb;
+  if (!c.federation.regions.empty()) {  // absent without regions: such configs print as before
+    e << YAML::Key << "regions" << YAML::Value << YAML::BeginMap;
+    for (const RegionConfig& r : c.federation.regions) {
+      e << YAML::Key << r.id << YAML::Value << YAML::BeginMap;
+      e << YAML::Key << "address" << YAML::Value << r.address;
+      e << YAML::Key << "sites" << YAML::Value << YAML::Flow << r.sites;
+      e << YAML::Key << "min_sites" << YAML::Value << r.min_sites;
+      e << YAML::EndMap;
+    }
+    e << YAML::EndMap;
+  }
   e << YAML::EndMap;
   e << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "client_clip" << YAML::Value << c.privacy.client_clip;

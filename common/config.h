@@ -60,6 +60,15 @@ struct TrainConfig {
   int data_parallel = 1;
 };
 
+// A regional aggregator (`fedrad region`, federation/regional.h): a site towards the coordinator,
+// a coordinator towards its own sites.
+struct RegionConfig {
+  std::string id;                  // the region's name (a participant of the top coordinator)
+  std::string address;             // where the region listens for its sites (its sites connect here)
+  std::vector<std::string> sites;  // its sites, each one of the study's `sites`, each in one region
+  int min_sites = 0;               // updates the region needs to close its round; 0 = all its sites
+};
+
 struct FederationConfig {
   // fedavg | fedprox | fedbn | fedavgm | fedadam | fedyogi | fedadagrad | median | trimmed_mean
   // (federation/federation.h StrategyConfig says what each does and which keys below it reads).
@@ -92,6 +101,12 @@ struct FederationConfig {
   double heartbeat_s = 5;        // sites send a heartbeat this often, also while training
   int heartbeat_misses = 6;      // a site silent for this many heartbeats is dropped from the round
   int chunk_mb = 64;             // larger messages travel in chunks of this many MiB
+  // Optional tier of regional aggregators (`regions:` maps a region id to {address, sites,
+  // min_sites}). Empty: the sites talk to the coordinator. Otherwise every site is in exactly one
+  // region, the coordinator's participants are the regions (min_sites then counts regions) and
+  // what cannot pass through a region is refused (secure aggregation, median, trimmed_mean,
+  // max_update_norm).
+  std::vector<RegionConfig> regions;
 };
 
 // Privacy (federation/dp.h, training/dp_sgd.h). Off by default. Client-level DP clips each site's
@@ -143,6 +158,11 @@ struct StudyConfig {
   std::string source;  // where it was loaded from, for error messages; not a YAML key
 
   bool segmentation_task() const { return task == "segmentation"; }
+  // The region a site belongs to (nullptr: none, the site talks to the coordinator).
+  const RegionConfig* region_of_site(const std::string& site) const;
+  const RegionConfig* region(const std::string& id) const;
+  // Who joins the coordinator: the region ids when there are regions, else the sites.
+  std::vector<std::string> coordinator_participants() const;
   int baseline_epochs() const { return train.epochs > 0 ? train.epochs : rounds * train.local_epochs; }
 };
 

@@ -33,8 +33,9 @@ void put_u64(std::string* out, uint64_t v) {
 }
 StatusOr<std::string> weights_bytes(const Weights& w) {
   wire::Message m;
-  m.body = wire::EvalIns{w, {}};
-  FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(m));
+  m.body = wire::EvalIns{};
+  // Encoded from where the weights lie (no copy of the model into the message).
+  FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, wire::encode(m, 3, &w));
   return std::move(enc.bytes);
 }
 

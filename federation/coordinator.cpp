@@ -177,6 +177,11 @@ class Coordinator {
  public:
   explicit Coordinator(const CoordinatorOptions& options)
       : opt_(options), log_(logger("coordinator")), sequence_(detail::initial_sequence()) {}
+  // Takes the initial model (run_coordinator(CoordinatorOptions&&)) instead of copying it.
+  Coordinator(const CoordinatorOptions& options, Weights initial) : Coordinator(options) {
+    owned_initial_ = std::move(initial);
+    owns_initial_ = true;
+  }
 
   StatusOr<Weights> run() {
     FEDRAD_RETURN_IF_ERROR(validate_options());
@@ -208,11 +213,12 @@ class Coordinator {
  private:
   Status validate_options() const {
     if (opt_.expected_sites.empty()) return invalid_argument("coordinator: no expected sites");
+    if (opt_.next_step) FEDRAD_RETURN_IF_ERROR(validate_driven());
     if (opt_.rounds < 0) return invalid_argument("coordinator: negative number of rounds");
     if (opt_.min_sites < 0 || opt_.min_sites > static_cast<int>(opt_.expected_sites.size()))
       return invalid_argument("coordinator: min_sites " + std::to_string(opt_.min_sites) + " is not in 0.." +
                               std::to_string(opt_.expected_sites.size()));
-    if (opt_.initial_weights.empty()) return invalid_argument("coordinator: no initial weights");
+    if (initial().empty() && !opt_.next_step) return invalid_argument("coordinator: no initial weights");
     if (opt_.chunk_bytes < 1024) return invalid_argument("coordinator: chunk_bytes below 1024");
     if (!(opt_.heartbeat_s > 0) || opt_.heartbeat_misses < 1)
       return invalid_argument("coordinator: heartbeat_s must be > 0 and heartbeat_misses >= 1");
@@ -227,6 +233,21 @@ class Coordinator {
     auto down = CodecSpec::parse(opt_.downstream_codec);
     if (!down.ok()) return invalid_argument("coordinator: downstream codec: " + down.status().message());
     if (opt_.secure_aggregation.enabled) FEDRAD_RETURN_IF_ERROR(validate_secure_aggregation(*up));
+    return ok_status();
+  }
+
+  // A driven coordinator (a regional aggregator) has no study of its own to checkpoint, and its
+  // strategy's result goes upstream as one site's update, so it must be the plain sample-weighted
+  // mean; secure aggregation would end at the region, which would see every site's update.
+  Status validate_driven() const {
+    if (!opt_.state_dir.empty() || opt_.resume)
+      return invalid_argument("coordinator (driven): no state_dir or resume; the upstream coordinator keeps the state");
+    if (opt_.secure_aggregation.enabled)
+      return invalid_argument("coordinator (driven): secure aggregation cannot pass through a regional aggregator "
+                              "(it would see each of its sites' updates)");
+    if (opt_.strategy.name != "fedavg" || opt_.strategy.max_update_norm > 0)
+      return invalid_argument("coordinator (driven): strategy must be plain fedavg (without max_update_norm), not " +
+                              opt_.strategy.name + ": its result goes upstream as the region's sample-weighted mean");
     return ok_status();
   }
 
@@ -281,10 +302,10 @@ class Coordinator {
   StatusOr<Weights> run_study() {
     down_spec_ = CodecSpec::parse(opt_.downstream_codec).value();
     up_spec_ = CodecSpec::parse(opt_.upstream_codec).value();
-    plain_model_bytes_ = wire::plain_weights_bytes(opt_.initial_weights);
+    plain_model_bytes_ = wire::plain_weights_bytes(initial());
     log_->info("codecs: upstream '{}', downstream '{}'; strategy {}{}", CodecSpec::parse(opt_.upstream_codec)->to_string(),
                down_spec_.to_string(), strategy_->name(), strategy_->streaming() ? " (streaming)" : "");
-    Weights global = opt_.initial_weights;
+    Weights global = owns_initial_ ? std::move(owned_initial_) : opt_.initial_weights;
     uint32_t first_round = 1;
     if (!opt_.state_dir.empty()) {
       if (opt_.resume) {
@@ -293,6 +314,7 @@ class Coordinator {
         FEDRAD_RETURN_IF_ERROR(clear_checkpoints(opt_.state_dir));
       }
     }
+    if (opt_.next_step) return run_driven();
     FEDRAD_RETURN_IF_ERROR(join_phase());
     for (uint32_t r = first_round; r <= static_cast<uint32_t>(opt_.rounds); ++r) {
       FEDRAD_ASSIGN_OR_RETURN(global, run_round(r, std::move(global)));
@@ -301,6 +323,42 @@ class Coordinator {
     shutdown_sites(wire::ShutdownReason::kDone);
     log_->info("study '{}' done after {} rounds", opt_.study, opt_.rounds);
     return evaluated;
+  }
+
+  // Driven mode (CoordinatorOptions::next_step): the steps the driver asks for, until kStop. A
+  // failed step is reported and the next one is awaited; only transport errors (thrown) end it.
+  // Returns the model of the last completed step.
+  StatusOr<Weights> run_driven() {
+    Status joined = join_phase();
+    uint64_t num_train = 0, num_val = 0;
+    for (const Peer& p : sites_) {
+      num_train += p.num_train;
+      num_val += p.num_val;
+    }
+    if (opt_.on_joined) opt_.on_joined(joined, num_train, num_val);
+    FEDRAD_RETURN_IF_ERROR(joined);
+    Weights last;
+    for (;;) {
+      DrivenStep step = opt_.next_step();
+      if (step.kind == DrivenStep::Kind::kStop) break;
+      plain_model_bytes_ = wire::plain_weights_bytes(step.global);
+      StatusOr<Weights> result = internal_error("no step");
+      if (step.kind == DrivenStep::Kind::kFit) {
+        driven_settings_ = step.settings;
+        result = run_round(step.round, std::move(step.global));
+        driven_settings_.reset();
+      } else {
+        result = run_final_evaluation(step.global, step.round);
+      }
+      if (!result.ok()) {
+        log_->error("round {}: {}", step.round, result.status().to_string());
+        if (opt_.on_step_failed) opt_.on_step_failed(result.status());
+        continue;
+      }
+      last = std::move(result).value();
+    }
+    shutdown_sites(wire::ShutdownReason::kDone);
+    return last;
   }
 
   // Loads the newest checkpoint; returns the first round still to run.
@@ -315,7 +373,7 @@ class Coordinator {
     if (c->study != opt_.study)
       return invalid_argument(checkpoint_path(opt_.state_dir, c->round) + ": checkpoint of study '" + c->study +
                               "', not '" + opt_.study + "'");
-    Status compatible = check_compatible(opt_.initial_weights, c->global);
+    Status compatible = check_compatible(*global, c->global);  // *global: the configured initial model
     if (!compatible.ok())
       return invalid_argument(checkpoint_path(opt_.state_dir, c->round) +
                               ": its model does not match the configured one: " + compatible.message());
@@ -331,15 +389,17 @@ class Coordinator {
     return c->round + 1;
   }
 
-  Status save_checkpoint(uint32_t round, const Weights& global, const RoundLog& log) {
+  // `global` is lent to the checkpoint while it is written (not copied) and given back.
+  Status save_checkpoint(uint32_t round, Weights& global, const RoundLog& log) {
     if (opt_.state_dir.empty()) return ok_status();
     Checkpoint c;
     c.round = round;
     c.study = opt_.study;
-    c.global = global;
+    c.global = std::move(global);
     c.strategy_state = strategy_->state();
     c.log = log;
     Status st = write_checkpoint(opt_.state_dir, c);
+    global = std::move(c.global);
     if (!st.ok()) return st.with_context("round " + std::to_string(round) + " checkpoint");
     return ok_status();
   }
@@ -486,9 +546,40 @@ class Coordinator {
   }
 
   // Encodes `m` with the next sequence number.
-  StatusOr<wire::Encoded> encode_next(wire::Message& m) {
+  StatusOr<wire::Encoded> encode_next(wire::Message& m, const Weights* weights = nullptr) {
     m.sequence = ++sequence_;
-    return wire::encode(m, opt_.zstd_level);
+    return wire::encode(m, opt_.zstd_level, weights);
+  }
+
+  // An instruction encoded (with `weights` as its model when given) and framed for the wire,
+  // once for every recipient; the message's body is dropped (the header stays).
+  struct Outgoing {
+    std::shared_ptr<const wire::Framed> frames;
+    uint64_t raw_size = 0;
+  };
+  StatusOr<Outgoing> frame_instruction(wire::Message& m, const Weights* weights) {
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, encode_instruction(m, weights));
+    m.body = wire::Heartbeat{};  // the header is all the chunker needs: free the model
+    Outgoing o;
+    o.raw_size = enc.raw_size;
+    FEDRAD_ASSIGN_OR_RETURN(wire::Framed f, wire::frame(std::move(enc.bytes), m, opt_.chunk_bytes, &sequence_));
+    o.frames = std::make_shared<const wire::Framed>(std::move(f));
+    return o;
+  }
+
+  // Sends the frames to one site without copying them (detail::shared_frame); false (logged)
+  // when the site is gone.
+  bool send_framed(const std::string& routing_id, const std::shared_ptr<const wire::Framed>& f) {
+    try {
+      for (size_t k = 0; k < f->frames.size(); ++k) {
+        socket_.send(zmq::buffer(routing_id), zmq::send_flags::sndmore);
+        socket_.send(detail::shared_frame(f, k), zmq::send_flags::none);
+      }
+      return true;
+    } catch (const zmq::error_t& e) {
+      log_->warn("send to '{}' failed: {}", printable(routing_id), e.what());
+      return false;
+    }
   }
 
   void send_best_effort(const std::string& routing_id, wire::Message m) {
@@ -557,6 +648,7 @@ class Coordinator {
       uint64_t wire_size = frames[1].size();
       uint64_t raw_size = decoded->raw_size;
       if (m.type() == MessageType::kChunk) {
+        frames.clear();  // decoded: the frame's bytes are in the chunk now (not held twice)
         auto it = assemblers_.try_emplace(identity, opt_.max_message_bytes).first;
         auto whole = it->second.add(std::move(std::get<wire::Chunk>(m.body)));
         if (!whole.ok()) {
@@ -568,7 +660,11 @@ class Coordinator {
           continue;
         }
         wire_size = whole->size();
-        auto inner = wire::decode(whole->data(), whole->size(), opt_.max_message_bytes);
+        // A FIT_RES's weights stay where they lie in the reassembled buffer (views, no copy of
+        // the model); the buffer goes with them and is freed once the update is folded in.
+        auto buffer = std::make_shared<std::string>(std::move(*whole));  // not const: pages are released
+        auto inner = wire::decode(buffer->data(), buffer->size(), opt_.max_message_bytes, buffer);
+        buffer.reset();
         if (!inner.ok()) {
           refuse(identity, "dropped a malformed chunked message: " + inner.status().to_string());
           continue;
@@ -622,8 +718,8 @@ class Coordinator {
     return raw_size - wire::encoded_update_bytes(*u) + plain_model_bytes_;
   }
 
-  StatusOr<wire::Encoded> encode_instruction(wire::Message& m) {
-    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, encode_next(m));
+  StatusOr<wire::Encoded> encode_instruction(wire::Message& m, const Weights* weights = nullptr) {
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, encode_next(m, weights));
     if (enc.bytes.size() > opt_.max_message_bytes)
       return invalid_argument("round " + std::to_string(m.round) + ": " + wire::message_type_name(m.type()) +
                               " of " + std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
@@ -649,7 +745,15 @@ class Coordinator {
       // Wake up at least once per heartbeat period to notice sites that went silent.
       const auto slice = std::min(deadline, detail::deadline_after(opt_.heartbeat_s));
       FEDRAD_ASSIGN_OR_RETURN(std::optional<Incoming> in, receive(slice));
-      for (size_t i = 0; i < n; ++i) {
+      // Silence is judged on a drained queue only: what this coordinator has not read yet (a
+      // site's heartbeats or chunks queued while it was busy with another site's large update)
+      // is not silence. Every chunk read counts as a sign of life (receive).
+      bool drained = !in;
+      if (in) {
+        FEDRAD_ASSIGN_OR_RETURN(const bool more, detail::wait_readable(socket_, Clock::now()));
+        drained = !more;
+      }
+      for (size_t i = 0; drained && i < n; ++i) {
         if (pending[i] && detail::seconds_since(sites_[i].last_seen) > silence_s) {
           log_->warn("round {}: site '{}' silent for {:.1f} s (missed heartbeats): going on without it", round,
                      sites_[i].site_id, detail::seconds_since(sites_[i].last_seen));
@@ -714,9 +818,12 @@ class Coordinator {
   // downstream copy) and hands each site's `reply_type` for the same round to `on_reply` as it
   // arrives, until every site answered, was found dead (missed heartbeats, or restarted), or the
   // round deadline passed.
+  // `weights` / `resync_weights`, when given, are the model the instruction / resync carries,
+  // encoded from where they lie instead of being copied into the message.
   StatusOr<Exchange> exchange(wire::Message instruction, std::vector<MessageType> reply_types, wire::Message* resync,
                               const ReplyHandler& on_reply,
-                              std::optional<Clock::time_point> round_deadline = std::nullopt) {
+                              std::optional<Clock::time_point> round_deadline = std::nullopt,
+                              const Weights* weights = nullptr, const Weights* resync_weights = nullptr) {
     const uint32_t round = instruction.round;
     const size_t n = sites_.size();
     Exchange ex;
@@ -724,37 +831,36 @@ class Coordinator {
     ex.evals.resize(n);
     ex.answered.assign(n, false);
     ex.holds_copy.assign(n, false);
-    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, encode_instruction(instruction));
-    instruction.body = wire::Heartbeat{};  // the header is all the chunker needs: free the model
-    std::optional<wire::Encoded> resync_enc;
+    // Encoded and framed once for every site; each site's frames refer to the one buffer.
+    FEDRAD_ASSIGN_OR_RETURN(Outgoing out, frame_instruction(instruction, weights));
+    std::optional<Outgoing> resync_out;
     std::vector<bool> pending(n, false);
     size_t num_pending = 0;
     for (size_t i = 0; i < n; ++i) {
       ex.logs[i].site_id = sites_[i].site_id;
       ex.logs[i].error_code = code_of(StatusCode::kTimeout);
-      const wire::Encoded* e = &enc;
-      const wire::Message* header = &instruction;
+      const Outgoing* o = &out;
       if (resync != nullptr && !sites_[i].synced) {
-        if (!resync_enc) {
-          FEDRAD_ASSIGN_OR_RETURN(wire::Encoded r, encode_instruction(*resync));
-          resync_enc = std::move(r);
-          resync->body = wire::Heartbeat{};
+        if (!resync_out) {
+          FEDRAD_ASSIGN_OR_RETURN(Outgoing r, frame_instruction(*resync, resync_weights));
+          resync_out = std::move(r);
         }
-        e = &*resync_enc;
-        header = resync;
+        o = &*resync_out;
       }
       sites_[i].synced = false;  // until it answers: then it holds what it was sent
-      if (!send_encoded(sites_[i].routing_id, *header, e->bytes)) {
+      if (!send_framed(sites_[i].routing_id, o->frames)) {
         ex.logs[i].error_code = code_of(StatusCode::kIoError);
         continue;
       }
-      ex.logs[i].bytes_down = e->bytes.size();
-      ex.logs[i].raw_bytes_down = e->raw_size;
+      ex.logs[i].bytes_down = o->frames->message_bytes;
+      ex.logs[i].raw_bytes_down = o->raw_size;
       sites_[i].last_seen = Clock::now();
       pending[i] = true;
       ++num_pending;
     }
-    resync_enc.reset();
+    // ZeroMQ holds the frames until they have left; the buffer goes with the last of them.
+    out.frames.reset();
+    resync_out.reset();
 
     const Clock::time_point deadline = round_deadline ? *round_deadline : detail::deadline_after(opt_.round_timeout_s);
     FEDRAD_RETURN_IF_ERROR(await_replies(round, reply_types, deadline, pending, num_pending, ex.logs,
@@ -1029,20 +1135,21 @@ class Coordinator {
     ins.settings.seed = opt_.settings.seed * 1000003ull + round;
     const uint64_t ins_seed = ins.settings.seed;
     strategy_->configure_round(&ins.settings);
+    if (driven_settings_) ins.settings = *driven_settings_;  // driven: the upstream round's settings, as they are
     const bool secure = opt_.secure_aggregation.enabled;
     ins.settings.secure_aggregation = secure;
     const auto deadline = detail::deadline_after(opt_.round_timeout_s);
     FEDRAD_ASSIGN_OR_RETURN(Downstream down, prepare_downstream(global, ins.settings.seed));
     std::optional<wire::Message> resync;
+    // The models are encoded from where they lie (exchange's weights), not copied into messages.
+    const Weights* send_weights = nullptr;
+    const Weights* resync_weights = nullptr;
     if (down.update.present()) {
-      wire::FitIns full = ins;
-      full.weights = down.next_copy;
-      resync = make_message(opt_.study, round, std::move(full));
+      resync = make_message(opt_.study, round, ins);
+      resync_weights = &down.next_copy;
       ins.update = down.update;
     } else {
-      // Plain codec: the copy is not kept (commit_downstream), so it can go into the message.
-      if (down_spec_.plain()) ins.weights = std::move(down.next_copy);
-      else ins.weights = down.next_copy;
+      send_weights = down_spec_.plain() ? &global : &down.next_copy;
     }
     FEDRAD_RETURN_IF_ERROR(strategy_->begin_round(round, global));
 
@@ -1098,7 +1205,7 @@ class Coordinator {
     std::vector<MessageType> replies = {MessageType::kFitRes};
     if (secure) replies.push_back(MessageType::kSecAggKeys);
     FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(std::move(instruction), replies, resync ? &*resync : nullptr,
-                                                  on_reply, deadline));
+                                                  on_reply, deadline, send_weights, resync_weights));
     resync.reset();
     commit_downstream(std::move(down), ex);
     if (secure) {
@@ -1163,7 +1270,16 @@ class Coordinator {
   bool accumulate(uint32_t round, SiteResult r) {
     const std::string site = r.site_id;
     const bool ok = r.ok;
-    Status st = strategy_->accumulate(std::move(r));
+    // An update that arrived as views (to_site_result) is folded in where it lies, then freed.
+    wire::FitRes view = std::move(view_update_);
+    view_update_ = wire::FitRes{};
+    // Each tensor's bytes go back to the system as soon as the strategy is done with them, so
+    // the running sums grow while the update's buffer shrinks.
+    auto done_with = [&view](size_t t) {
+      detail::release_pages(view.view[t].data, static_cast<size_t>(view.view[t].size) * sizeof(float));
+    };
+    Status st = ok && !view.view.empty() ? strategy_->accumulate_view(std::move(r), view.view, done_with)
+                                         : strategy_->accumulate(std::move(r));
     if (!st.ok() && ok) {
       refuse(site, "round " + std::to_string(round) + ": update refused by the strategy: " + st.message());
       return false;
@@ -1187,7 +1303,7 @@ class Coordinator {
       }
       res.weights = std::move(decoded).value();
     }
-    Status compatible = check_compatible(global, res.weights);
+    Status compatible = res.view.empty() ? check_compatible(global, res.weights) : check_compatible(global, res.view);
     if (!compatible.ok()) {
       r->error_code = code_of(StatusCode::kCorrupt);
       refuse(r->site_id, "round " + std::to_string(round) + ": an unusable model: " + compatible.message());
@@ -1195,6 +1311,10 @@ class Coordinator {
     }
     r->ok = true;
     r->fit.weights = std::move(res.weights);
+    if (!res.view.empty()) {  // for the accumulate() that follows: no copy of the model
+      view_update_.view = std::move(res.view);
+      view_update_.view_backing = std::move(res.view_backing);
+    }
     r->fit.num_examples = res.num_examples;
     r->fit.train_loss = res.train_loss;
     r->fit.train_seconds = res.train_seconds;
@@ -1204,20 +1324,24 @@ class Coordinator {
 
   // Returns the model the sites evaluated: the final global model as the downstream codec
   // delivered it (the same model when the codec is lossless), which is what the app saves.
-  StatusOr<Weights> run_final_evaluation(const Weights& final_global) {
+  // driven_round: the round number in driven mode (0: the study's rounds + 1).
+  StatusOr<Weights> run_final_evaluation(const Weights& final_global, uint32_t driven_round = 0) {
     started_ = true;
     merge_late_joiners();
     const auto start = Clock::now();
-    const uint32_t round = static_cast<uint32_t>(opt_.rounds) + 1;
+    const uint32_t round = driven_round ? driven_round : static_cast<uint32_t>(opt_.rounds) + 1;
     FEDRAD_ASSIGN_OR_RETURN(Downstream down,
                             prepare_downstream(final_global, opt_.settings.seed * 1000003ull + round));
     std::optional<wire::Message> resync;
     wire::EvalIns ins;
+    const Weights* send_weights = nullptr;  // encoded from where they lie (exchange's weights)
+    const Weights* resync_weights = nullptr;
     if (down.update.present()) {
-      resync = make_message(opt_.study, round, wire::EvalIns{down.next_copy, {}});
+      resync = make_message(opt_.study, round, wire::EvalIns{});
+      resync_weights = &down.next_copy;
       ins.update = down.update;
     } else {
-      ins.weights = down.next_copy;
+      send_weights = down_spec_.plain() ? &final_global : &down.next_copy;
     }
     auto on_reply = [&](size_t i, wire::Message&& reply, SiteRoundLog& log, EvalReport& eval) -> bool {
       auto& res = std::get<wire::EvalRes>(reply.body);
@@ -1233,8 +1357,9 @@ class Coordinator {
       return true;
     };
     FEDRAD_ASSIGN_OR_RETURN(Exchange ex, exchange(make_message(opt_.study, round, std::move(ins)),
-                                                  {MessageType::kEvalRes}, resync ? &*resync : nullptr, on_reply));
-    const Weights final_weights = down.next_copy;
+                                                  {MessageType::kEvalRes}, resync ? &*resync : nullptr, on_reply,
+                                                  std::nullopt, send_weights, resync_weights));
+    const Weights final_weights = down_spec_.plain() ? final_global : down.next_copy;
     commit_downstream(std::move(down), ex);
     RoundLog log = build_log(round, true, std::move(ex.logs), ex.evals, start);
     log_progress(log);
@@ -1246,8 +1371,9 @@ class Coordinator {
 
   StatusOr<Downstream> prepare_downstream(const Weights& global, uint64_t seed) {
     Downstream d;
-    if (down_spec_.plain() || !have_copy_) {
-      d.next_copy = global;  // lossless, or nobody holds a copy yet: the full model
+    if (down_spec_.plain()) return d;  // the global model itself goes out (no copy: exchange's weights)
+    if (!have_copy_) {
+      d.next_copy = global;  // nobody holds a copy yet: the full model
       return d;
     }
     auto bytes = encode_update(down_spec_, global, down_copy_, seed, &down_feedback_);
@@ -1296,6 +1422,7 @@ class Coordinator {
         loss_sum += static_cast<double>(e.num_examples) * e.loss;
         loss_n += static_cast<double>(e.num_examples);
       }
+      log.global_eval_examples += e.num_examples;
     }
     const double threshold = youden_threshold(pooled);
     log.global_eval = binary_metrics(pooled, threshold);
@@ -1372,12 +1499,24 @@ class Coordinator {
   bool have_copy_ = false;
   ErrorFeedback down_feedback_;
   uint64_t plain_model_bytes_ = 0;
+  wire::FitRes view_update_;  // to_site_result -> accumulate: an update as views and their buffer
+  Weights owned_initial_;     // run_coordinator(CoordinatorOptions&&): the initial model, taken
+  bool owns_initial_ = false;
+  const Weights& initial() const { return owns_initial_ ? owned_initial_ : opt_.initial_weights; }
+  std::optional<RoundSettings> driven_settings_;  // driven mode: the settings of the round under way
 };
 
 }  // namespace
 
 StatusOr<Weights> run_coordinator(const CoordinatorOptions& options) {
   Coordinator coordinator(options);
+  return coordinator.run();
+}
+
+StatusOr<Weights> run_coordinator(CoordinatorOptions&& options) {
+  Weights initial = std::move(options.initial_weights);
+  options.initial_weights.clear();
+  Coordinator coordinator(options, std::move(initial));
   return coordinator.run();
 }
 

@@ -35,6 +35,22 @@ struct TensorRecord {
 // The same names, shapes and order at every participant of a study.
 using Weights = std::vector<TensorRecord>;
 
+// A tensor's values read in place from a buffer somebody else owns (a received message), so that
+// a large update is aggregated without a copy of the model: `size` float32 values, little-endian,
+// at `data`, which need not be aligned (read them with std::memcpy or tensor_value).
+struct TensorView {
+  std::string name;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  uint64_t size = 0;
+};
+using WeightsView = std::vector<TensorView>;
+float tensor_value(const TensorView& t, uint64_t i);
+// check_compatible for an update given as views.
+Status check_compatible(const Weights& a, const WeightsView& b);
+// A copy as plain weights (for strategies that keep updates, and tests).
+Weights to_weights(const WeightsView& view);
+
 // Checks that `b` has the names and shapes of `a` (the error names the first mismatch).
 Status check_compatible(const Weights& a, const Weights& b);
 uint64_t num_values(const Weights& w);
@@ -81,6 +97,9 @@ struct FitReport {
   uint64_t num_examples = 0; // training samples seen per epoch (FedAvg weight)
   double train_loss = 0;
   double train_seconds = 0;
+  // Only from learners whose evaluates_in_fit() is true: their evaluation of `global` (the model
+  // they received), made as part of fit.
+  EvalReport eval_before;
 };
 
 // A site's learning. Implemented by training/ (TorchLearner); tests use small fakes.
@@ -92,6 +111,11 @@ class Learner {
   virtual StatusOr<EvalReport> evaluate(const Weights& global) = 0;
   virtual uint64_t num_train_examples() const = 0;
   virtual uint64_t num_val_examples() const = 0;
+  // True when fit() also evaluates the model it received and returns it in FitReport::eval_before;
+  // the site runner then does not call evaluate() before fit(). A regional aggregator
+  // (federation/regional.h) is such a learner: its sites evaluate the model they receive in the
+  // same round, so asking it to evaluate first would make every site evaluate twice.
+  virtual bool evaluates_in_fit() const { return false; }
 };
 
 // One site's reply in a round, as the strategy sees it (failures included, as data).
@@ -109,6 +133,8 @@ struct SiteResult {
 // it arrives (failures included, as data), then finish_round. Strategies whose streaming() is
 // true keep only running sums, so the coordinator's memory does not grow with the number of
 // sites; the robust ones (median, trimmed mean) must keep every update and say so.
+// The global model given to begin_round is referred to, not copied: the caller keeps it alive
+// and unchanged until finish_round returns (a model of 1 GB is not held twice).
 // An update that is not finite or does not match the global model's names and shapes is refused
 // (logged with the site id by the strategy's caller through `refused`), never averaged in.
 class Strategy {
@@ -120,6 +146,14 @@ class Strategy {
   // Takes the result; returns a non-ok Status (naming the site and why) when the update was
   // refused. The round goes on without it.
   virtual Status accumulate(SiteResult result) = 0;
+  // The same with the update as views into a buffer the caller keeps alive during the call
+  // (result.fit.weights is ignored): streaming strategies fold it into their running state
+  // without a copy of the model; the default copies it into result.fit.weights and calls
+  // accumulate. Gives bit for bit the state accumulate would. `done_with`, when given, is called
+  // once per tensor index as soon as the strategy will not read that tensor of `update` again,
+  // so that the caller can give its memory back while the rest is folded in.
+  virtual Status accumulate_view(SiteResult result, const WeightsView& update,
+                                 const std::function<void(size_t tensor)>& done_with = nullptr);
   // The new global model; fails when no usable update came in (the caller keeps the old model).
   virtual StatusOr<Weights> finish_round() = 0;
   // What the sites must do this round (FedProx's mu, FedBN), merged into RoundSettings.
@@ -183,6 +217,7 @@ struct RoundLog {
   // the sites' validation histograms; the threshold is chosen on that pooled histogram.
   BinaryMetrics global_eval;
   double global_eval_loss = 0;
+  uint64_t global_eval_examples = 0;  // validation examples behind global_eval (not checkpointed)
   ScoreHistogram pooled_histogram;  // the pooled validation scores behind global_eval (ROC curves)
   SegScoreSums global_seg;          // segmentation studies: the sites' Dice/HD95 sums pooled (mean over cases)
   double seconds = 0;
@@ -191,6 +226,16 @@ struct RoundLog {
   // `dp_delta`; negative when the study runs without DP. Filled in by the app.
   double dp_epsilon = -1;
   double dp_delta = 0;
+};
+
+// Driven mode of a coordinator (CoordinatorOptions::next_step): what to do next. A regional
+// aggregator (federation/regional.h) drives its sites' coordinator so, one upstream round at a time.
+struct DrivenStep {
+  enum class Kind { kFit, kEvaluate, kStop };
+  Kind kind = Kind::kStop;
+  uint32_t round = 0;      // the round number the sites see (the upstream round's)
+  Weights global;          // the model to send
+  RoundSettings settings;  // kFit: sent to the sites as they are (no strategy settings added)
 };
 
 struct CoordinatorOptions {
@@ -214,7 +259,9 @@ struct CoordinatorOptions {
   CoordinatorKeys keys;
   // Liveness: sites send HEARTBEAT every heartbeat_s while they work; a site the coordinator
   // waits for that says nothing for heartbeat_misses x heartbeat_s is taken for dead and the
-  // round goes on without it (it may rejoin later).
+  // round goes on without it (it may rejoin later). Anything it sends counts, each chunk of a large
+  // message included, and silence is judged only once what is queued has been read (a site is
+  // not silent because the coordinator was busy with another site's large update).
   double heartbeat_s = 5;
   int heartbeat_misses = 6;
   // Durability (federation/checkpoint.h): when set, each completed round is written atomically
@@ -245,11 +292,25 @@ struct CoordinatorOptions {
   // Called after each round's aggregation with the log and the new global weights (the app saves
   // the model and metrics here); the last call has evaluation_only = true and the final weights.
   std::function<void(const RoundLog&, const Weights&)> on_round_end;
+  // Driven mode (a regional aggregator, federation/regional.h): when next_step is set, the
+  // coordinator does not run `rounds` rounds from initial_weights (which may be empty). After the
+  // join phase, reported through on_joined (its status and the joined sites' example counts), it
+  // asks next_step what to do, runs that step with the given model and settings, reports it through
+  // on_round_end (kFit: the strategy's result; kEvaluate: evaluation_only) or, when the step
+  // failed (e.g. fewer than min_sites updates), through on_step_failed, and asks again until kStop;
+  // a failed step does not end it. `rounds` only labels the log lines. Not with secure
+  // aggregation, state_dir or resume.
+  std::function<DrivenStep()> next_step;
+  std::function<void(const Status& joined, uint64_t num_train, uint64_t num_val)> on_joined;
+  std::function<void(const Status& failure)> on_step_failed;
 };
 
 // Runs a whole study: waits for the sites, runs the rounds, the final evaluation, shuts the sites
 // down. Returns the final global weights. Not thread-safe; one call at a time.
 StatusOr<Weights> run_coordinator(const CoordinatorOptions& options);
+// The same, taking options.initial_weights instead of copying them (left empty): a caller that
+// has no further use for the initial model does not hold it beside the coordinator's own.
+StatusOr<Weights> run_coordinator(CoordinatorOptions&& options);
 
 struct SiteOptions {
   std::string coordinator_address = "tcp://127.0.0.1:5555";

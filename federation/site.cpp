@@ -232,6 +232,7 @@ class SiteRunner {
       std::optional<wire::Decoded> inner;
       std::string assembled;
       if (m->type() == MessageType::kChunk) {
+        frame = zmq::message_t();  // decoded: the frame's bytes are in the chunk now (not held twice)
         auto whole = assembler_.add(std::move(std::get<wire::Chunk>(m->body)));
         if (!whole.ok()) {
           log_->warn("skipped a chunked message: {}", whole.status().to_string());
@@ -338,9 +339,10 @@ class SiteRunner {
   // The model the coordinator sent, into `weights`: plain weights as they are, an encoded update
   // applied to this site's copy of the last model (which becomes the new copy). On failure the
   // copy is dropped; the coordinator then sends the full model next time.
+  // The learner is then given copy_ itself (no second copy of the model here).
   Status receive_model(Weights& weights, const wire::EncodedUpdate& update) {
     if (!update.present()) {
-      copy_ = weights;
+      copy_ = std::move(weights);
       return ok_status();
     }
     if (copy_.empty()) {
@@ -352,7 +354,6 @@ class SiteRunner {
       return decoded.status();
     }
     copy_ = std::move(decoded).value();
-    weights = copy_;
     return ok_status();
   }
 
@@ -368,10 +369,14 @@ class SiteRunner {
       return reply_fit_failure(round, "sending the update",
                                invalid_argument("this site sends its update only under secure aggregation "
                                                 "(privacy.secure_aggregation), and the coordinator did not ask for it"));
-    auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
+    // A learner that evaluates as part of fit (a regional aggregator) is not asked to evaluate first.
+    const bool eval_in_fit = learner_.evaluates_in_fit();
+    StatusOr<EvalReport> eval = EvalReport{};
+    if (!eval_in_fit) eval = call_learner([&] { return learner_.evaluate(copy_); });
     if (!eval.ok()) return reply_fit_failure(round, "evaluation", eval.status());
-    auto fit = call_learner([&] { return learner_.fit(ins.weights, ins.settings); });
+    auto fit = call_learner([&] { return learner_.fit(copy_, ins.settings); });
     if (!fit.ok()) return reply_fit_failure(round, "training", fit.status());
+    if (eval_in_fit) eval = std::move(fit->eval_before);
     if (ins.settings.secure_aggregation)
       return begin_secagg(round, ins.settings.seed, std::move(fit).value(), std::move(eval).value());
 
@@ -386,6 +391,7 @@ class SiteRunner {
       // Against the model this site trained from; the residual stays here for the next round.
       const uint64_t seed = ins.settings.seed * 0x9e3779b97f4a7c15ull + std::hash<std::string>()(opt_.site_id);
       auto bytes = encode_update(up_spec_, fit->weights, copy_, seed, &feedback_);
+      Weights().swap(fit->weights);  // encoded: not held beside the message
       if (!bytes.ok()) return reply_fit_failure(round, "encoding the update", bytes.status());
       res.update.codec = up_spec_.to_string();
       res.update.bytes = std::move(bytes).value();
@@ -603,7 +609,7 @@ class SiteRunner {
   }
 
   Status on_eval(uint32_t round, const wire::EvalIns& ins) {
-    auto eval = call_learner([&] { return learner_.evaluate(ins.weights); });
+    auto eval = call_learner([&] { return learner_.evaluate(copy_); });
     wire::EvalRes res;
     if (eval.ok()) {
       res.eval = std::move(eval).value();
@@ -629,30 +635,55 @@ class SiteRunner {
     m.sender = opt_.site_id;
     m.compression = opt_.compression;
     m.body = std::move(body);
-    const bool heartbeat = m.type() == MessageType::kHeartbeat;
-    std::lock_guard<std::mutex> lock(socket_mu_);
-    m.sequence = ++sequence_;
-    // The only way out: the egress guard admits the message and encodes it (chunks below are
-    // pieces of these sealed bytes).
-    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, egress_.seal(m, &copy_, opt_.zstd_level));
-    if (enc.bytes.size() > opt_.max_message_bytes)
-      return invalid_argument(std::string(wire::message_type_name(m.type())) + " of " +
-                              std::to_string(enc.bytes.size()) + " bytes exceeds the limit of " +
-                              std::to_string(opt_.max_message_bytes));
+    const MessageType type = m.type();
+    const bool heartbeat = type == MessageType::kHeartbeat;
+    auto too_big = [&](const wire::Encoded& enc) {
+      return invalid_argument(std::string(wire::message_type_name(type)) + " of " + std::to_string(enc.bytes.size()) +
+                              " bytes exceeds the limit of " + std::to_string(opt_.max_message_bytes));
+    };
     if (heartbeat) {
+      std::lock_guard<std::mutex> lock(socket_mu_);
+      m.sequence = ++sequence_;
+      FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, egress_.seal(m, &copy_, opt_.zstd_level));
+      if (enc.bytes.size() > opt_.max_message_bytes) return too_big(enc);
       // Never blocks: while the coordinator is away, a full queue drops heartbeats rather than
       // stalling this site. Liveness only: not an audited exchange.
       if (!socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::dontwait)) return io_error("heartbeat queue full");
       return ok_status();
     }
-    FEDRAD_RETURN_IF_ERROR(detail::send_possibly_chunked(enc.bytes, m, opt_.chunk_bytes, &sequence_,
-                                                         [&](const std::string& frame) {
-                                                           socket_.send(zmq::buffer(frame), zmq::send_flags::none);
-                                                           return true;
-                                                         }));
-    FEDRAD_RETURN_IF_ERROR(audit_.record("out", wire::message_type_name(m.type()), round, enc.bytes.data(),
+    // Encoded and sent without holding the socket's lock for long, so that the heartbeat thread
+    // keeps sending while a large update is encoded and goes out (its heartbeats travel between
+    // the chunks). The order of the frames is kept by stamping each one's sequence number under
+    // the lock just before it is sent; the message's own number is the transfer id of its chunks.
+    {
+      std::lock_guard<std::mutex> lock(socket_mu_);
+      m.sequence = ++sequence_;
+    }
+    // The only way out: the egress guard admits the message and encodes it (chunks below are
+    // pieces of these sealed bytes).
+    FEDRAD_ASSIGN_OR_RETURN(wire::Encoded enc, egress_.seal(m, &copy_, opt_.zstd_level));
+    m.body = wire::Heartbeat{};  // encoded: the model in the message is not needed any more
+    if (enc.bytes.size() > opt_.max_message_bytes) return too_big(enc);
+    if (enc.bytes.size() <= opt_.chunk_bytes) {
+      std::lock_guard<std::mutex> lock(socket_mu_);
+      FEDRAD_RETURN_IF_ERROR(wire::restamp_sequence(enc.bytes.data(), enc.bytes.size(), ++sequence_));
+      socket_.send(zmq::buffer(enc.bytes), zmq::send_flags::none);
+    } else {
+      wire::Chunker chunker(enc.bytes, m, /*transfer=*/m.sequence, opt_.chunk_bytes);
+      for (uint32_t i = 0; i < chunker.count(); ++i) {
+        FEDRAD_ASSIGN_OR_RETURN(std::string chunk, chunker.chunk(i, 0));  // its sequence is stamped below
+        // Handed to ZeroMQ without another copy; freed once it has left.
+        auto* owned = new std::string(std::move(chunk));
+        zmq::message_t frame(owned->data(), owned->size(),
+                             [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+        std::lock_guard<std::mutex> lock(socket_mu_);
+        FEDRAD_RETURN_IF_ERROR(wire::restamp_sequence(static_cast<char*>(frame.data()), frame.size(), ++sequence_));
+        socket_.send(frame, zmq::send_flags::none);
+      }
+    }
+    FEDRAD_RETURN_IF_ERROR(audit_.record("out", wire::message_type_name(type), round, enc.bytes.data(),
                                          enc.bytes.size(), enc.raw_size));
-    if (opt_.vanish_after != 0 && static_cast<uint16_t>(m.type()) == opt_.vanish_after) vanished_ = true;
+    if (opt_.vanish_after != 0 && static_cast<uint16_t>(type) == opt_.vanish_after) vanished_ = true;
     return ok_status();
   }
 

@@ -9,6 +9,8 @@
 //   median, trimmed_mean     coordinate-wise robust statistics, unweighted; keep every update
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <string>
 
 #include "federation/federation.h"
@@ -23,6 +25,17 @@ Status check_finite(const SiteResult& r) {
   for (const TensorRecord& t : r.fit.weights) {
     for (size_t i = 0; i < t.data.size(); ++i) {
       if (!std::isfinite(t.data[i]))
+        return invalid_argument(site_where(r) + " sent a non-finite value in tensor '" + t.name + "' at index " +
+                                std::to_string(i) + "; update refused");
+    }
+  }
+  return ok_status();
+}
+
+Status check_finite_view(const SiteResult& r, const WeightsView& w) {
+  for (const TensorView& t : w) {
+    for (uint64_t i = 0; i < t.size; ++i) {
+      if (!std::isfinite(tensor_value(t, i)))
         return invalid_argument(site_where(r) + " sent a non-finite value in tensor '" + t.name + "' at index " +
                                 std::to_string(i) + "; update refused");
     }
@@ -69,7 +82,7 @@ class StrategyBase : public Strategy {
   Status begin_round(uint32_t round, const Weights& global) override {
     if (global.empty()) return invalid_argument(name() + ": empty global model");
     round_ = round;
-    global_ = global;
+    global_ = &global;  // the caller keeps it until finish_round (federation.h)
     used_ = 0;
     FEDRAD_RETURN_IF_ERROR(begin());
     in_round_ = true;
@@ -81,21 +94,38 @@ class StrategyBase : public Strategy {
     if (!r.ok) return ok_status();  // a failure is data: nothing to add
     if (r.fit.num_examples == 0) return invalid_argument(site_where(r) + " reported 0 examples; update refused");
     FEDRAD_RETURN_IF_ERROR(check_finite(r));
-    Status st = check_compatible(global_, r.fit.weights);
+    const Weights& g = global();
+    Status st = check_compatible(g, r.fit.weights);
     if (!st.ok()) return st.with_context(site_where(r) + ": update refused");
     if (config_.max_update_norm > 0) {
-      const double norm = update_norm(r.fit.weights, global_);
+      const double norm = update_norm(r.fit.weights, g);
       if (norm > config_.max_update_norm) {
         const double s = config_.max_update_norm / norm;
-        for (size_t t = 0; t < global_.size(); ++t)
-          for (size_t i = 0; i < global_[t].data.size(); ++i) {
+        for (size_t t = 0; t < g.size(); ++t)
+          for (size_t i = 0; i < g[t].data.size(); ++i) {
             float& v = r.fit.weights[t].data[i];
-            v = static_cast<float>(global_[t].data[i] + s * (static_cast<double>(v) - global_[t].data[i]));
+            v = static_cast<float>(g[t].data[i] + s * (static_cast<double>(v) - g[t].data[i]));
           }
       }
     }
     ++used_;
     return add(std::move(r));
+  }
+
+  // The same screening on views; strategies that fold an update in as it is read (add_view) skip
+  // the copy, the others (and norm bounding, which rewrites the update) get one.
+  Status accumulate_view(SiteResult r, const WeightsView& update,
+                         const std::function<void(size_t)>& done_with = nullptr) override {
+    if (!in_round_) return internal_error(name() + ": accumulate outside a round");
+    if (!r.ok) return ok_status();
+    if (!reads_views() || config_.max_update_norm > 0)
+      return Strategy::accumulate_view(std::move(r), update, done_with);
+    if (r.fit.num_examples == 0) return invalid_argument(site_where(r) + " reported 0 examples; update refused");
+    FEDRAD_RETURN_IF_ERROR(check_finite_view(r, update));
+    Status st = check_compatible(global(), update);
+    if (!st.ok()) return st.with_context(site_where(r) + ": update refused");
+    ++used_;
+    return add_view(r, update, done_with);
   }
 
   StatusOr<Weights> finish_round() override {
@@ -112,22 +142,30 @@ class StrategyBase : public Strategy {
   virtual Status begin() = 0;
   virtual Status add(SiteResult r) = 0;
   virtual StatusOr<Weights> finish() = 0;
-
-  Weights from_sums(const Sums& s, double scale) const {
-    Weights out = global_;
-    for (size_t t = 0; t < out.size(); ++t)
-      for (size_t i = 0; i < out[t].data.size(); ++i) out[t].data[i] = static_cast<float>(s[t][i] * scale);
-    return out;
+  // Strategies that fold an update in without keeping it say so and implement add_view.
+  virtual bool reads_views() const { return false; }
+  virtual Status add_view(const SiteResult& r, const WeightsView& update, const std::function<void(size_t)>& done_with) {
+    (void)r;
+    (void)update;
+    (void)done_with;
+    return internal_error(name() + ": add_view not implemented");
   }
+
+  const Weights& global() const { return *global_; }
 
   StrategyConfig config_;
   uint32_t round_ = 0;
-  Weights global_;
+  const Weights* global_ = nullptr;  // begin_round's, alive until finish_round
   size_t used_ = 0;
   bool in_round_ = false;
 };
 
-// Sample-weighted mean kept as a running sum: O(model) memory whatever the number of sites.
+// Sample-weighted mean kept as running sums: O(model) memory whatever the number of sites. The
+// sums are double on purpose: n_k w_k (an integer times a float32) and their sum over a few sites
+// are exact in double, so the mean does not depend on the order in which updates arrive (a
+// resumed study, whose sites answer in another order, ends with the same model bytes); float32
+// sums would halve this memory but make the result depend on arrival order. Views are read in
+// place (accumulate_view), so an update is never copied here.
 class FedAvg : public StrategyBase {
  public:
   using StrategyBase::StrategyBase;
@@ -138,25 +176,62 @@ class FedAvg : public StrategyBase {
   }
 
  protected:
+  // The sums are allocated with the first update, tensor by tensor, not at begin: while the
+  // round's model is encoded and sent there are no zeros besides it, and while the first update
+  // is folded in the sums grow as the caller gives the update's memory back (done_with).
   Status begin() override {
-    sums_ = zeros_like(global_);
+    sums_.clear();
     total_ = 0;
     return ok_status();
   }
+  std::vector<double>& sums_of(size_t t) {
+    const Weights& g = global();
+    if (sums_.size() != g.size()) sums_.resize(g.size());
+    if (sums_[t].size() != g[t].data.size()) sums_[t].assign(g[t].data.size(), 0.0);
+    return sums_[t];
+  }
   Status add(SiteResult r) override {
     const double n = static_cast<double>(r.fit.num_examples);
-    for (size_t t = 0; t < sums_.size(); ++t) {
+    for (size_t t = 0; t < global().size(); ++t) {
       const std::vector<float>& d = r.fit.weights[t].data;
-      std::vector<double>& s = sums_[t];
+      std::vector<double>& s = sums_of(t);
       for (size_t i = 0; i < s.size(); ++i) s[i] += n * d[i];
+    }
+    total_ += n;
+    return ok_status();
+  }
+  bool reads_views() const override { return true; }
+  Status add_view(const SiteResult& r, const WeightsView& update, const std::function<void(size_t)>& done_with) override {
+    const double n = static_cast<double>(r.fit.num_examples);
+    for (size_t t = 0; t < global().size(); ++t) {
+      const char* d = static_cast<const char*>(update[t].data);
+      std::vector<double>& s = sums_of(t);
+      for (size_t i = 0; i < s.size(); ++i) {
+        float v;  // read in place; memcpy because the buffer need not be aligned (one load)
+        std::memcpy(&v, d + i * sizeof(float), sizeof v);
+        s[i] += n * v;
+      }
+      if (done_with) done_with(t);
     }
     total_ += n;
     return ok_status();
   }
   StatusOr<Weights> finish() override { return average(); }
 
+  // Tensor by tensor, each tensor's sums freed once converted: the mean and the sums are not
+  // held in full at the same time.
   Weights average() {
-    Weights avg = from_sums(sums_, 1.0 / total_);
+    const Weights& g = global();
+    const double scale = 1.0 / total_;
+    Weights avg(g.size());
+    for (size_t t = 0; t < g.size(); ++t) {
+      avg[t].name = g[t].name;
+      avg[t].shape = g[t].shape;
+      std::vector<float>& out = avg[t].data;
+      out.resize(sums_[t].size());
+      for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(sums_[t][i] * scale);
+      std::vector<double>().swap(sums_[t]);
+    }
     sums_.clear();
     return avg;
   }
@@ -229,16 +304,17 @@ class ServerOptimizer : public FedAvg {
  protected:
   StatusOr<Weights> finish() override {
     Weights avg = average();
+    const Weights& gm = global();
     if (m_.empty()) {
-      m_ = zeros_like(global_);
+      m_ = zeros_like(gm);
       // v starts at tau^2 (Reddi et al.'s choice in Flower) for the adaptive ones.
-      v_ = zeros_like(global_);
+      v_ = zeros_like(gm);
       const double v0 = config_.name == "fedavgm" ? 0.0 : config_.tau * config_.tau;
       for (auto& t : v_) std::fill(t.begin(), t.end(), v0);
     }
-    if (m_.size() != global_.size()) return invalid_argument("server state does not match the model");
-    layout_ = layout_of(global_, 0, global_.size());
-    Weights next = global_;
+    if (m_.size() != gm.size()) return invalid_argument("server state does not match the model");
+    layout_ = layout_of(gm, 0, gm.size());
+    Weights next = gm;
     const double b1 = config_.beta1, b2 = config_.beta2, eta = config_.server_lr, tau = config_.tau;
     for (size_t t = 0; t < next.size(); ++t) {
       if (m_[t].size() != next[t].data.size()) return invalid_argument("server state does not match the model");
@@ -247,7 +323,7 @@ class ServerOptimizer : public FedAvg {
         continue;
       }
       for (size_t i = 0; i < next[t].data.size(); ++i) {
-        const double g = static_cast<double>(global_[t].data[i]);
+        const double g = static_cast<double>(gm[t].data[i]);
         const double delta = static_cast<double>(avg[t].data[i]) - g;
         double& m = m_[t][i];
         double& v = v_[t][i];
@@ -296,7 +372,7 @@ class RobustStatistic : public StrategyBase {
       cut = static_cast<size_t>(std::floor(config_.trim_fraction * static_cast<double>(n)));
       if (2 * cut >= n) cut = (n - 1) / 2;
     }
-    Weights out = global_;
+    Weights out = global();
     std::vector<float> column(n);
     for (size_t t = 0; t < out.size(); ++t) {
       for (size_t i = 0; i < out[t].data.size(); ++i) {
@@ -324,6 +400,14 @@ class RobustStatistic : public StrategyBase {
 const char* kKnown = "fedavg, fedprox, fedbn, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed_mean";
 
 }  // namespace
+
+Status Strategy::accumulate_view(SiteResult result, const WeightsView& update,
+                                 const std::function<void(size_t)>& done_with) {
+  result.fit.weights = to_weights(update);
+  if (done_with)
+    for (size_t t = 0; t < update.size(); ++t) done_with(t);  // copied: not read again
+  return accumulate(std::move(result));
+}
 
 StatusOr<Weights> Strategy::aggregate(uint32_t round, const Weights& global, const std::vector<SiteResult>& results) {
   FEDRAD_RETURN_IF_ERROR(begin_round(round, global));

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "federation/federation.h"
@@ -28,6 +29,24 @@ Status check_compatible(const Weights& a, const Weights& b) {
     // A shape that matches while the data does not would make the averaging read out of bounds.
     if (a[i].data.size() != b[i].data.size())
       return invalid_argument("tensor '" + a[i].name + "' has " + std::to_string(b[i].data.size()) +
+                              " values, expected " + std::to_string(a[i].data.size()));
+  }
+  return ok_status();
+}
+
+Status check_compatible(const Weights& a, const WeightsView& b) {
+  if (a.size() != b.size())
+    return invalid_argument("model has " + std::to_string(b.size()) + " tensors, expected " +
+                            std::to_string(a.size()));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name != b[i].name)
+      return invalid_argument("tensor " + std::to_string(i) + " is '" + b[i].name + "', expected '" +
+                              a[i].name + "'");
+    if (a[i].shape != b[i].shape)
+      return invalid_argument("tensor '" + a[i].name + "' has shape " + shape_string(b[i].shape) +
+                              ", expected " + shape_string(a[i].shape));
+    if (a[i].data.size() != b[i].size)
+      return invalid_argument("tensor '" + a[i].name + "' has " + std::to_string(b[i].size) +
                               " values, expected " + std::to_string(a[i].data.size()));
   }
   return ok_status();
@@ -77,6 +96,27 @@ StatusOr<Weights> weighted_average(const std::vector<const Weights*>& models,
       for (size_t i = 0; i < acc.size(); ++i) acc[i] += wk * static_cast<double>(src[i]);
     }
     for (size_t i = 0; i < acc.size(); ++i) out[t].data[i] = static_cast<float>(acc[i] / total);
+  }
+  return out;
+}
+
+}  // namespace fedrad::fed
+
+namespace fedrad::fed {
+
+float tensor_value(const TensorView& t, uint64_t i) {
+  float v;
+  std::memcpy(&v, static_cast<const char*>(t.data) + i * sizeof(float), sizeof v);
+  return v;
+}
+
+Weights to_weights(const WeightsView& view) {
+  Weights out(view.size());
+  for (size_t t = 0; t < view.size(); ++t) {
+    out[t].name = view[t].name;
+    out[t].shape = view[t].shape;
+    out[t].data.resize(static_cast<size_t>(view[t].size));
+    if (view[t].size != 0) std::memcpy(out[t].data.data(), view[t].data, static_cast<size_t>(view[t].size) * sizeof(float));
   }
   return out;
 }

@@ -79,6 +79,27 @@ StatusOr<uint64_t> shape_elements(const std::vector<int64_t>& shape) {
 
 Status put_payload(Writer& w, const Weights& weights, const EncodedUpdate& update);
 
+// Views (FitRes::view) are written exactly like the plain weights they stand for.
+Status put_view(Writer& w, const WeightsView& view) {
+  if (view.size() > kMaxTensors) return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
+  w.u32(static_cast<uint32_t>(view.size()));
+  for (const TensorView& t : view) {
+    FEDRAD_RETURN_IF_ERROR(check_string(t.name, "tensor name"));
+    if (t.shape.size() > kMaxDims)
+      return invalid_argument("tensor " + t.name + " has more than " + std::to_string(kMaxDims) + " dims");
+    auto n = shape_elements(t.shape);
+    if (!n.ok()) return invalid_argument("tensor " + t.name + ": " + n.status().message());
+    if (*n != t.size)
+      return invalid_argument("tensor " + t.name + " has " + std::to_string(t.size) + " values for " +
+                              std::to_string(*n) + " elements of its shape");
+    w.str(t.name);
+    w.u32(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) w.i64(d);
+    w.bytes(t.data, static_cast<size_t>(t.size) * sizeof(float));  // already little-endian
+  }
+  return ok_status();
+}
+
 Status put_weights(Writer& w, const Weights& weights) {
   if (weights.size() > kMaxTensors)
     return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
@@ -168,6 +189,14 @@ Status put_eval(Writer& w, const EvalReport& e) {
 
 struct BodyWriter {
   Writer& w;
+  const Weights* weights = nullptr;  // encode()'s `weights`: in place of an empty payload
+
+  Status payload(const Weights& own, const EncodedUpdate& update) {
+    if (weights == nullptr) return put_payload(w, own, update);
+    if (!own.empty() || update.present())
+      return invalid_argument("weights given beside a message that carries its own model");
+    return put_weights(w, *weights);
+  }
   Status operator()(const Join& b) {
     w.u64(b.num_train);
     w.u64(b.num_val);
@@ -181,7 +210,7 @@ struct BodyWriter {
   }
   Status operator()(const FitIns& b) {
     put_settings(w, b.settings);
-    return put_payload(w, b.weights, b.update);
+    return payload(b.weights, b.update);
   }
   Status operator()(const FitRes& b) {
     w.u32(b.status);
@@ -189,9 +218,14 @@ struct BodyWriter {
     w.f64(b.train_loss);
     w.f64(b.train_seconds);
     FEDRAD_RETURN_IF_ERROR(put_eval(w, b.eval));
-    return put_payload(w, b.weights, b.update);
+    if (!b.view.empty()) {
+      if (weights != nullptr || !b.weights.empty() || b.update.present())
+        return invalid_argument("a FIT_RES with views beside other weights");
+      return put_view(w, b.view);
+    }
+    return payload(b.weights, b.update);
   }
-  Status operator()(const EvalIns& b) { return put_payload(w, b.weights, b.update); }
+  Status operator()(const EvalIns& b) { return payload(b.weights, b.update); }
   Status operator()(const EvalRes& b) {
     w.u32(b.status);
     return put_eval(w, b.eval);
@@ -360,6 +394,8 @@ class Reader {
     left_ = 0;
   }
 
+  bool skip(uint64_t n, const char* what) { return fits(n, 1, what) && take(static_cast<size_t>(n), what); }
+
   std::string blob(uint64_t n, const char* what) {
     if (!fits(n, 1, what)) return {};
     if (!take(static_cast<size_t>(n), what)) return {};
@@ -393,7 +429,8 @@ class Reader {
   Status status_;
 };
 
-void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr) {
+// With `view`, plain weights are not copied: each tensor's values are referred to where they lie.
+void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr, WeightsView* view = nullptr) {
   const uint32_t count = r.u32();
   if (!r.ok()) return;
   if (count == kEncodedUpdateMarker && update != nullptr) {
@@ -408,6 +445,28 @@ void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr) {
     return r.fail("tensor count " + std::to_string(count) + " exceeds " + std::to_string(kMaxTensors));
   // Each tensor needs at least a name length and a dim count.
   if (!r.fits(count, 8, "tensors")) return;
+  if (view != nullptr) {
+    view->resize(count);
+    for (TensorView& t : *view) {
+      t.name = r.str("tensor name");
+      const uint32_t ndim = r.u32();
+      if (!r.ok()) return;
+      if (ndim > kMaxDims)
+        return r.fail("tensor " + t.name + " has " + std::to_string(ndim) + " dims, more than " +
+                      std::to_string(kMaxDims));
+      if (!r.fits(ndim, 8, "dims")) return;
+      t.shape.resize(ndim);
+      for (int64_t& d : t.shape) d = r.i64();
+      if (!r.ok()) return;
+      auto n = shape_elements(t.shape);
+      if (!n.ok()) return r.fail("tensor " + t.name + ": " + n.status().message());
+      if (!r.fits(*n, sizeof(float), "tensor data")) return;
+      t.data = r.position();
+      t.size = *n;
+      if (!r.skip(*n * sizeof(float), "tensor data")) return;
+    }
+    return;
+  }
   out->resize(count);
   for (TensorRecord& t : *out) {
     t.name = r.str("tensor name");
@@ -659,7 +718,7 @@ Body read_secagg_body(Reader& r, MessageType type) {
   return JoinAck{};
 }
 
-Body read_body(Reader& r, MessageType type) {
+Body read_body(Reader& r, MessageType type, bool views = false) {
   switch (type) {
     case MessageType::kJoin: {
       Join b;
@@ -685,7 +744,7 @@ Body read_body(Reader& r, MessageType type) {
       b.train_loss = r.f64();
       b.train_seconds = r.f64();
       read_eval(r, &b.eval);
-      read_weights(r, &b.weights, &b.update);
+      read_weights(r, &b.weights, &b.update, views ? &b.view : nullptr);
       return b;
     }
     case MessageType::kEvalIns: {
@@ -785,7 +844,40 @@ const char* message_type_name(MessageType type) {
   return "UNKNOWN";
 }
 
-StatusOr<Encoded> encode(const Message& message, int zstd_level) {
+namespace {
+
+// Room for a message's body, so that it is written into one allocation (a growing buffer would
+// hold the old and the new copy of a large model at once while it moves).
+uint64_t eval_bytes(const EvalReport& e) { return 64 + 12 * e.histogram.neg.size() + 24 * e.seg.dice_sum.size(); }
+
+uint64_t body_hint(const Message& m, const Weights* weights) {
+  auto payload = [&](const Weights& own, const EncodedUpdate& u) -> uint64_t {
+    if (u.present()) return encoded_update_bytes(u);
+    return plain_weights_bytes(weights != nullptr && own.empty() ? *weights : own);
+  };
+  uint64_t n = 1024;
+  if (auto* b = std::get_if<FitIns>(&m.body)) {
+    n += payload(b->weights, b->update);
+  } else if (auto* b = std::get_if<FitRes>(&m.body)) {
+    n += payload(b->weights, b->update) + eval_bytes(b->eval);
+    for (const TensorView& t : b->view) n += 16 + t.name.size() + 8 * t.shape.size() + 4 * t.size;
+  } else if (auto* b = std::get_if<EvalIns>(&m.body)) {
+    n += payload(b->weights, b->update);
+  } else if (auto* b = std::get_if<EvalRes>(&m.body)) {
+    n += eval_bytes(b->eval);
+  } else if (auto* b = std::get_if<Chunk>(&m.body)) {
+    n += b->bytes.size();
+  } else if (auto* b = std::get_if<SecAggMasked>(&m.body)) {
+    n += 4 * b->values.size() + eval_bytes(b->eval);
+  } else {
+    n += 64 * 1024;
+  }
+  return n;
+}
+
+}  // namespace
+
+StatusOr<Encoded> encode(const Message& message, int zstd_level, const Weights* weights) {
   FEDRAD_RETURN_IF_ERROR(check_string(message.study, "study"));
   FEDRAD_RETURN_IF_ERROR(check_string(message.sender, "sender"));
   if (message.compression != Compression::kNone && message.compression != Compression::kZstd)
@@ -793,6 +885,9 @@ StatusOr<Encoded> encode(const Message& message, int zstd_level) {
   if (message.type() == MessageType::kChunk && message.compression != Compression::kNone)
     return invalid_argument("a CHUNK travels uncompressed");
   Encoded enc;
+  const uint64_t hint = body_hint(message, weights);
+  const size_t head_reserve = 64 + message.study.size() + message.sender.size();
+  enc.bytes.reserve(head_reserve + (message.compression == Compression::kNone ? hint : 0));
   Writer head(&enc.bytes);
   head.bytes(kMagic, sizeof kMagic);
   head.u16(kVersion);
@@ -803,14 +898,17 @@ StatusOr<Encoded> encode(const Message& message, int zstd_level) {
   head.u64(message.sequence);
   head.u8(static_cast<uint8_t>(message.compression));
 
-  std::string body;
-  Writer bw(&body);
-  FEDRAD_RETURN_IF_ERROR(std::visit(BodyWriter{bw}, message.body));
-  enc.raw_size = enc.bytes.size() + body.size();
   if (message.compression == Compression::kNone) {
-    enc.bytes += body;
+    Writer bw(&enc.bytes);  // the body straight after the header: one buffer, no second copy
+    FEDRAD_RETURN_IF_ERROR(std::visit(BodyWriter{bw, weights}, message.body));
+    enc.raw_size = enc.bytes.size();
     return enc;
   }
+  std::string body;
+  body.reserve(hint);
+  Writer bw(&body);
+  FEDRAD_RETURN_IF_ERROR(std::visit(BodyWriter{bw, weights}, message.body));
+  enc.raw_size = enc.bytes.size() + body.size();
   const size_t head_size = enc.bytes.size();
   enc.bytes.resize(head_size + ZSTD_compressBound(body.size()));
   const size_t n = ZSTD_compress(enc.bytes.data() + head_size, enc.bytes.size() - head_size, body.data(),
@@ -820,7 +918,10 @@ StatusOr<Encoded> encode(const Message& message, int zstd_level) {
   return enc;
 }
 
-StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes) {
+namespace {
+
+StatusOr<Decoded> decode_impl(const void* data, size_t size, size_t max_message_bytes, bool views,
+                              std::shared_ptr<const void> keep_alive) {
   if (size > max_message_bytes)
     return corrupt("message of " + std::to_string(size) + " bytes exceeds the limit of " +
                    std::to_string(max_message_bytes));
@@ -853,20 +954,78 @@ StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes
     return corrupt("a compressed CHUNK");
   const size_t head_size = size - r.left();
 
-  std::string inflated;
+  std::shared_ptr<std::string> inflated;
   Reader body = r;
   if (m.compression == Compression::kZstd) {
-    FEDRAD_ASSIGN_OR_RETURN(inflated, decompress(r.position(), r.left(), max_message_bytes));
-    body = Reader(reinterpret_cast<const uint8_t*>(inflated.data()), inflated.size());
+    FEDRAD_ASSIGN_OR_RETURN(std::string plain, decompress(r.position(), r.left(), max_message_bytes));
+    inflated = std::make_shared<std::string>(std::move(plain));
+    body = Reader(reinterpret_cast<const uint8_t*>(inflated->data()), inflated->size());
   }
   const size_t body_size = body.left();
-  m.body = read_body(body, static_cast<MessageType>(type));
+  m.body = read_body(body, static_cast<MessageType>(type), views && kLittleEndianHost);
+  if (auto* res = std::get_if<FitRes>(&m.body); res != nullptr && !res->view.empty()) {
+    // The views point into the decompressed body when there is one, else into `data`.
+    if (inflated) res->view_backing = inflated;
+    else res->view_backing = std::move(keep_alive);
+  }
   if (!body.ok()) return body.status().with_context(message_type_name(static_cast<MessageType>(type)));
   if (body.left() != 0)
     return corrupt(std::to_string(body.left()) + " trailing bytes after the " +
                    message_type_name(static_cast<MessageType>(type)) + " body");
   out.raw_size = head_size + body_size;
   return out;
+}
+
+}  // namespace
+
+StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes) {
+  return decode_impl(data, size, max_message_bytes, false, nullptr);
+}
+
+StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes, std::shared_ptr<const void> keep_alive) {
+  const bool views = keep_alive != nullptr;  // before keep_alive is moved from
+  return decode_impl(data, size, max_message_bytes, views, std::move(keep_alive));
+}
+
+Status restamp_sequence(char* frame, size_t size, uint64_t sequence) {
+  // magic | u16 version | u16 type | str study | u32 round | str sender | u64 sequence
+  auto u32_at = [&](size_t at) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(frame[at + i])) << (8 * i);
+    return v;
+  };
+  if (size < 8 || std::memcmp(frame, kMagic, sizeof kMagic) != 0) return corrupt("not a fedrad message");
+  size_t at = 8;
+  if (size < at + 4) return corrupt("truncated header");
+  at += 4 + static_cast<size_t>(u32_at(at)) + 4;  // study, round
+  if (size < at + 4) return corrupt("truncated header");
+  at += 4 + static_cast<size_t>(u32_at(at));  // sender
+  if (size < at + 8) return corrupt("truncated header");
+  for (size_t i = 0; i < 8; ++i) frame[at + i] = static_cast<char>((sequence >> (8 * i)) & 0xff);
+  return ok_status();
+}
+
+StatusOr<Framed> frame(std::string encoded, const Message& header, size_t chunk_bytes, uint64_t* sequence) {
+  Framed f;
+  f.message_bytes = encoded.size();
+  if (encoded.size() <= chunk_bytes) {
+    f.frames.emplace_back(0, encoded.size());
+    f.bytes = std::move(encoded);
+    return f;
+  }
+  Chunker chunker(encoded, header, /*transfer=*/header.sequence, chunk_bytes);
+  f.frames.reserve(chunker.count());
+  for (uint32_t i = 0; i < chunker.count(); ++i) {
+    FEDRAD_ASSIGN_OR_RETURN(std::string c, chunker.chunk(i, ++*sequence));
+    if (i == 0) {
+      // Every chunk's header has the same size (fixed-width fields, the same strings).
+      const size_t header_bytes = c.size() - std::min(chunk_bytes, encoded.size());
+      f.bytes.reserve(encoded.size() + static_cast<size_t>(chunker.count()) * header_bytes);
+    }
+    f.frames.emplace_back(f.bytes.size(), c.size());
+    f.bytes.append(c);
+  }
+  return f;
 }
 
 uint64_t plain_weights_bytes(const Weights& w) {

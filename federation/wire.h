@@ -69,8 +69,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 #include <variant>
+#include <vector>
 
 #include "common/status.h"
 #include "federation/federation.h"
@@ -154,6 +157,10 @@ struct FitRes {
   EvalReport eval;
   Weights weights;
   EncodedUpdate update;  // in place of weights when present
+  // decode() with a keep-alive: the plain weights as views into the received bytes (`weights`
+  // then empty), valid while `view_backing` lives; encode() writes them like `weights`.
+  WeightsView view;
+  std::shared_ptr<const void> view_backing;
 };
 struct EvalIns {
   Weights weights;
@@ -247,7 +254,10 @@ struct Encoded {
 
 // Fails (invalid_argument) on what the decoder would refuse: over-long strings, a tensor whose
 // data disagrees with its shape, a histogram whose classes differ in bins.
-StatusOr<Encoded> encode(const Message& message, int zstd_level = 3);
+// `weights`, when given, are written as the plain weights of a FIT_INS, FIT_RES or EVAL_INS whose
+// own weights and update are empty, so that a sender encodes a model it holds without copying it
+// into the message. The output is allocated once at its final size (no growth copies).
+StatusOr<Encoded> encode(const Message& message, int zstd_level = 3, const Weights* weights = nullptr);
 
 struct Decoded {
   Message message;
@@ -257,6 +267,27 @@ struct Decoded {
 // Refuses (corrupt/unsupported) anything malformed, including inputs or decompressed bodies
 // larger than max_message_bytes and trailing bytes after the body.
 StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes);
+// The same, but the plain weights of a FIT_RES are not copied: they come as FitRes::view into
+// `data` (or into the decompressed body, which the message then owns), and `keep_alive`, which
+// must own `data`, travels with them as FitRes::view_backing. On a big-endian host the weights
+// are copied as by the overload above.
+StatusOr<Decoded> decode(const void* data, size_t size, size_t max_message_bytes, std::shared_ptr<const void> keep_alive);
+
+// Overwrites the sequence number in the header of an encoded message (e.g. one encoded without
+// holding the lock that orders a sender's frames); fails on bytes that are not a message header.
+Status restamp_sequence(char* frame, size_t size, uint64_t sequence);
+
+// An encoded message as the frames that go on the wire, in one buffer: the message itself when it
+// fits in chunk_bytes, else its CHUNK messages one after another (transfer id: header.sequence;
+// each takes the next value of *sequence). The one buffer can be sent to every recipient without
+// a copy per recipient (zero-copy frames that share it), and `encoded` is released once it is
+// framed, so a large message is held about once, not once per recipient.
+struct Framed {
+  std::string bytes;
+  std::vector<std::pair<size_t, size_t>> frames;  // offset, size in `bytes`
+  uint64_t message_bytes = 0;                     // of the encoded message before chunking
+};
+StatusOr<Framed> frame(std::string encoded, const Message& header, size_t chunk_bytes, uint64_t* sequence);
 
 // Bytes of the `weights` layout above for plain weights, and for an encoded update: what a
 // message's raw size is counted in (raw = as if the full model travelled as plain float32).

@@ -7,8 +7,14 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <zmq.hpp>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "common/status.h"
 #include "federation/keys.h"
@@ -82,6 +88,39 @@ Status send_possibly_chunked(const std::string& encoded, const wire::Message& he
     if (!send_frame(frame)) return io_error("peer unreachable");
   }
   return ok_status();
+}
+
+// Frame k of `framed` as a ZeroMQ message that refers to the shared buffer instead of copying it:
+// the buffer lives until the last message made from it has left (libzmq frees each one, on its
+// I/O thread, after sending it). So one encoded model goes to every site without a copy per site.
+inline zmq::message_t shared_frame(const std::shared_ptr<const wire::Framed>& framed, size_t k) {
+  auto* hold = new std::shared_ptr<const wire::Framed>(framed);
+  const auto [offset, size] = framed->frames[k];
+  try {
+    return zmq::message_t(const_cast<char*>(framed->bytes.data()) + offset, size,
+                          [](void*, void* hint) { delete static_cast<std::shared_ptr<const wire::Framed>*>(hint); },
+                          hold);
+  } catch (...) {
+    delete hold;
+    throw;
+  }
+}
+
+// Gives back the memory of the whole pages inside [data, data + size) at once (they read as
+// zeros afterwards): for a buffer whose contents have been consumed and that is freed soon, e.g.
+// a large update's reassembly buffer, tensor by tensor as the update is folded in. Linux only
+// (elsewhere a no-op).
+inline void release_pages(const void* data, size_t size) {
+#ifdef __linux__
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + size) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#else
+  (void)data;
+  (void)size;
+#endif
 }
 
 // True when `socket` has a message before `deadline`, false when the deadline passed.
