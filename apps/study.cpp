@@ -740,6 +740,29 @@ Status simulate(const StudyConfig& config_in, const std::string& data_root, cons
   return st;
 }
 
+
+namespace {
+
+// What a participant that talks to a coordinator (a site, or a region towards the coordinator)
+// takes from the study config: transport, codecs, deadlines, heartbeats and its keys.
+StatusOr<fed::SiteOptions> site_options(const StudyConfig& config, const std::string& id, const std::string& address) {
+  fed::SiteOptions o;
+  o.coordinator_address = address;
+  o.site_id = id;
+  o.study = config.name;
+  o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
+  o.zstd_level = config.federation.zstd_level;
+  o.upstream_codec = config.federation.upstream_codec;
+  o.downstream_codec = config.federation.downstream_codec;
+  o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
+  o.heartbeat_s = config.federation.heartbeat_s;
+  o.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  FEDRAD_ASSIGN_OR_RETURN(o.keys, site_keys(config, id));
+  return o;
+}
+
+}  // namespace
+
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
             const std::string& address, int threads, const std::string& audit_log) {
   const int n = threads > 0 ? threads : config.train.threads;
@@ -784,20 +807,12 @@ Status site(const StudyConfig& config, const std::string& site_dir, const std::s
     }
   }
   fed::Learner& learner = *learner_ptr;
-  fed::SiteOptions o;
   const RegionConfig* region = config.region_of_site(site_id);  // its sites talk to the region
-  o.coordinator_address = !address.empty() ? address : region != nullptr ? region->address : config.federation.address;
-  o.site_id = site_id;
-  o.study = config.name;
-  o.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
-  o.zstd_level = config.federation.zstd_level;
-  o.upstream_codec = config.federation.upstream_codec;
-  o.downstream_codec = config.federation.downstream_codec;
-  o.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
-  o.heartbeat_s = config.federation.heartbeat_s;
-  o.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
+  FEDRAD_ASSIGN_OR_RETURN(
+      fed::SiteOptions o,
+      site_options(config, site_id,
+                   !address.empty() ? address : region != nullptr ? region->address : config.federation.address));
   o.secure_aggregation = config.privacy.secure_aggregation;
-  FEDRAD_ASSIGN_OR_RETURN(o.keys, site_keys(config, site_id));
   o.audit_log = !audit_log.empty()
                     ? audit_log
                     : (fs::absolute(fs::path(site_dir)).lexically_normal().parent_path() / ("audit-" + site_id + ".log"))
@@ -827,19 +842,10 @@ Status region(const StudyConfig& config, const std::string& region_id, const std
   }
   fed::RegionOptions o;
   // Towards the coordinator: a site named after the region.
+  FEDRAD_ASSIGN_OR_RETURN(o.upstream,
+                          site_options(config, r->id, address.empty() ? config.federation.address : address));
   fed::SiteOptions& up = o.upstream;
-  up.coordinator_address = address.empty() ? config.federation.address : address;
-  up.site_id = r->id;
-  up.study = config.name;
-  up.compression = config.federation.compression == "zstd" ? fed::Compression::kZstd : fed::Compression::kNone;
-  up.zstd_level = config.federation.zstd_level;
-  up.upstream_codec = config.federation.upstream_codec;
-  up.downstream_codec = config.federation.downstream_codec;
-  up.idle_timeout_s = config.federation.round_timeout_s + config.federation.join_timeout_s;
-  up.heartbeat_s = config.federation.heartbeat_s;
-  up.chunk_bytes = static_cast<size_t>(config.federation.chunk_mb) << 20;
   up.audit_log = audit_log;
-  FEDRAD_ASSIGN_OR_RETURN(up.keys, site_keys(config, r->id));
   // Towards its sites: a coordinator of the same study with plain FedAvg, no model of its own
   // (each round's comes from above). Its deadlines are 10% shorter than the coordinator's, so that
   // its answer (or its failure) arrives before the coordinator gives up on it.

@@ -13,9 +13,12 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-}  // namespace
+uint64_t values_of(const TensorRecord& t) { return t.data.size(); }
+uint64_t values_of(const TensorView& t) { return t.size; }
 
-Status check_compatible(const Weights& a, const Weights& b) {
+// `b` (a model or a view of one) against `a`: the first mismatch, named.
+template <class Model>
+Status check_layout(const Weights& a, const Model& b) {
   if (a.size() != b.size())
     return invalid_argument("model has " + std::to_string(b.size()) + " tensors, expected " +
                             std::to_string(a.size()));
@@ -27,30 +30,18 @@ Status check_compatible(const Weights& a, const Weights& b) {
       return invalid_argument("tensor '" + a[i].name + "' has shape " + shape_string(b[i].shape) +
                               ", expected " + shape_string(a[i].shape));
     // A shape that matches while the data does not would make the averaging read out of bounds.
-    if (a[i].data.size() != b[i].data.size())
-      return invalid_argument("tensor '" + a[i].name + "' has " + std::to_string(b[i].data.size()) +
+    if (a[i].data.size() != values_of(b[i]))
+      return invalid_argument("tensor '" + a[i].name + "' has " + std::to_string(values_of(b[i])) +
                               " values, expected " + std::to_string(a[i].data.size()));
   }
   return ok_status();
 }
 
-Status check_compatible(const Weights& a, const WeightsView& b) {
-  if (a.size() != b.size())
-    return invalid_argument("model has " + std::to_string(b.size()) + " tensors, expected " +
-                            std::to_string(a.size()));
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].name != b[i].name)
-      return invalid_argument("tensor " + std::to_string(i) + " is '" + b[i].name + "', expected '" +
-                              a[i].name + "'");
-    if (a[i].shape != b[i].shape)
-      return invalid_argument("tensor '" + a[i].name + "' has shape " + shape_string(b[i].shape) +
-                              ", expected " + shape_string(a[i].shape));
-    if (a[i].data.size() != b[i].size)
-      return invalid_argument("tensor '" + a[i].name + "' has " + std::to_string(b[i].size) +
-                              " values, expected " + std::to_string(a[i].data.size()));
-  }
-  return ok_status();
-}
+}  // namespace
+
+Status check_compatible(const Weights& a, const Weights& b) { return check_layout(a, b); }
+
+Status check_compatible(const Weights& a, const WeightsView& b) { return check_layout(a, b); }
 
 uint64_t num_values(const Weights& w) {
   uint64_t n = 0;

@@ -79,22 +79,28 @@ StatusOr<uint64_t> shape_elements(const std::vector<int64_t>& shape) {
 
 Status put_payload(Writer& w, const Weights& weights, const EncodedUpdate& update);
 
+// A tensor's name and shape, after checking them against its value count.
+Status put_tensor_head(Writer& w, const std::string& name, const std::vector<int64_t>& shape, uint64_t values) {
+  FEDRAD_RETURN_IF_ERROR(check_string(name, "tensor name"));
+  if (shape.size() > kMaxDims)
+    return invalid_argument("tensor " + name + " has more than " + std::to_string(kMaxDims) + " dims");
+  auto n = shape_elements(shape);
+  if (!n.ok()) return invalid_argument("tensor " + name + ": " + n.status().message());
+  if (*n != values)
+    return invalid_argument("tensor " + name + " has " + std::to_string(values) + " values for " +
+                            std::to_string(*n) + " elements of its shape");
+  w.str(name);
+  w.u32(static_cast<uint32_t>(shape.size()));
+  for (int64_t d : shape) w.i64(d);
+  return ok_status();
+}
+
 // Views (FitRes::view) are written exactly like the plain weights they stand for.
 Status put_view(Writer& w, const WeightsView& view) {
   if (view.size() > kMaxTensors) return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
   w.u32(static_cast<uint32_t>(view.size()));
   for (const TensorView& t : view) {
-    FEDRAD_RETURN_IF_ERROR(check_string(t.name, "tensor name"));
-    if (t.shape.size() > kMaxDims)
-      return invalid_argument("tensor " + t.name + " has more than " + std::to_string(kMaxDims) + " dims");
-    auto n = shape_elements(t.shape);
-    if (!n.ok()) return invalid_argument("tensor " + t.name + ": " + n.status().message());
-    if (*n != t.size)
-      return invalid_argument("tensor " + t.name + " has " + std::to_string(t.size) + " values for " +
-                              std::to_string(*n) + " elements of its shape");
-    w.str(t.name);
-    w.u32(static_cast<uint32_t>(t.shape.size()));
-    for (int64_t d : t.shape) w.i64(d);
+    FEDRAD_RETURN_IF_ERROR(put_tensor_head(w, t.name, t.shape, t.size));
     w.bytes(t.data, static_cast<size_t>(t.size) * sizeof(float));  // already little-endian
   }
   return ok_status();
@@ -105,17 +111,7 @@ Status put_weights(Writer& w, const Weights& weights) {
     return invalid_argument("more than " + std::to_string(kMaxTensors) + " tensors");
   w.u32(static_cast<uint32_t>(weights.size()));
   for (const TensorRecord& t : weights) {
-    FEDRAD_RETURN_IF_ERROR(check_string(t.name, "tensor name"));
-    if (t.shape.size() > kMaxDims)
-      return invalid_argument("tensor " + t.name + " has more than " + std::to_string(kMaxDims) + " dims");
-    auto n = shape_elements(t.shape);
-    if (!n.ok()) return invalid_argument("tensor " + t.name + ": " + n.status().message());
-    if (*n != t.data.size())
-      return invalid_argument("tensor " + t.name + " has " + std::to_string(t.data.size()) + " values for " +
-                              std::to_string(*n) + " elements of its shape");
-    w.str(t.name);
-    w.u32(static_cast<uint32_t>(t.shape.size()));
-    for (int64_t d : t.shape) w.i64(d);
+    FEDRAD_RETURN_IF_ERROR(put_tensor_head(w, t.name, t.shape, t.data.size()));
     w.f32_array(t.data);
   }
   return ok_status();
@@ -430,6 +426,29 @@ class Reader {
 };
 
 // With `view`, plain weights are not copied: each tensor's values are referred to where they lie.
+// A tensor's name and shape and its element count; false (with the reader failed) when they are
+// malformed or out of bounds.
+bool read_tensor_head(Reader& r, std::string* name, std::vector<int64_t>* shape, uint64_t* n) {
+  *name = r.str("tensor name");
+  const uint32_t ndim = r.u32();
+  if (!r.ok()) return false;
+  if (ndim > kMaxDims) {
+    r.fail("tensor " + *name + " has " + std::to_string(ndim) + " dims, more than " + std::to_string(kMaxDims));
+    return false;
+  }
+  if (!r.fits(ndim, 8, "dims")) return false;
+  shape->resize(ndim);
+  for (int64_t& d : *shape) d = r.i64();
+  if (!r.ok()) return false;
+  auto count = shape_elements(*shape);
+  if (!count.ok()) {
+    r.fail("tensor " + *name + ": " + count.status().message());
+    return false;
+  }
+  *n = *count;
+  return true;
+}
+
 void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr, WeightsView* view = nullptr) {
   const uint32_t count = r.u32();
   if (!r.ok()) return;
@@ -448,40 +467,20 @@ void read_weights(Reader& r, Weights* out, EncodedUpdate* update = nullptr, Weig
   if (view != nullptr) {
     view->resize(count);
     for (TensorView& t : *view) {
-      t.name = r.str("tensor name");
-      const uint32_t ndim = r.u32();
-      if (!r.ok()) return;
-      if (ndim > kMaxDims)
-        return r.fail("tensor " + t.name + " has " + std::to_string(ndim) + " dims, more than " +
-                      std::to_string(kMaxDims));
-      if (!r.fits(ndim, 8, "dims")) return;
-      t.shape.resize(ndim);
-      for (int64_t& d : t.shape) d = r.i64();
-      if (!r.ok()) return;
-      auto n = shape_elements(t.shape);
-      if (!n.ok()) return r.fail("tensor " + t.name + ": " + n.status().message());
-      if (!r.fits(*n, sizeof(float), "tensor data")) return;
+      uint64_t n = 0;
+      if (!read_tensor_head(r, &t.name, &t.shape, &n)) return;
+      if (!r.fits(n, sizeof(float), "tensor data")) return;
       t.data = r.position();
-      t.size = *n;
-      if (!r.skip(*n * sizeof(float), "tensor data")) return;
+      t.size = n;
+      if (!r.skip(n * sizeof(float), "tensor data")) return;
     }
     return;
   }
   out->resize(count);
   for (TensorRecord& t : *out) {
-    t.name = r.str("tensor name");
-    const uint32_t ndim = r.u32();
-    if (!r.ok()) return;
-    if (ndim > kMaxDims)
-      return r.fail("tensor " + t.name + " has " + std::to_string(ndim) + " dims, more than " +
-                    std::to_string(kMaxDims));
-    if (!r.fits(ndim, 8, "dims")) return;
-    t.shape.resize(ndim);
-    for (int64_t& d : t.shape) d = r.i64();
-    if (!r.ok()) return;
-    auto n = shape_elements(t.shape);
-    if (!n.ok()) return r.fail("tensor " + t.name + ": " + n.status().message());
-    r.f32_array(*n, &t.data);
+    uint64_t n = 0;
+    if (!read_tensor_head(r, &t.name, &t.shape, &n)) return;
+    r.f32_array(n, &t.data);
     if (!r.ok()) return;
   }
 }
