@@ -89,6 +89,11 @@ def make_scaler(enabled):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
+def cosine_lr(epoch_index, total_epochs, lr=LR):
+    """fedrad's lr_schedule: cosine (training::fit_options_from): the epoch's learning rate."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch_index / total_epochs)))
+
+
 def fit_epoch(model, images, labels, lr, seed, batch_size=BATCH, do_augment=True, amp=False, channels_last=False):
     """One epoch as training::fit runs it (fresh optimiser and loss scaler, as FedAvg sites do each
     round) on a set that lives on the model's device: on a GPU the running loss stays there, with
