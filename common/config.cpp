@@ -98,18 +98,28 @@ bool one_of(const std::string& v, std::initializer_list<const char*> options) {
   return false;
 }
 
+// An update codec's stages ("delta|ef|topk:0.01" -> "delta", "ef", "topk:0.01"), blanks trimmed.
+std::vector<std::string> codec_stages(const std::string& codec) {
+  std::vector<std::string> out;
+  std::stringstream in(codec);
+  std::string stage;
+  while (std::getline(in, stage, '|')) {
+    const size_t a = stage.find_first_not_of(" \t"), b = stage.find_last_not_of(" \t");
+    out.push_back(a == std::string::npos ? "" : stage.substr(a, b - a + 1));
+  }
+  return out;
+}
+
+std::string stage_name(const std::string& stage) { return stage.substr(0, stage.find(':')); }
+
 // The stage names and their order of an update codec (federation/codec.h parses the parameters
 // when the study starts; common/ cannot depend on federation/). Empty when the codec is fine.
 std::string codec_problem(const std::string& codec) {
   if (codec == "none") return "";
   if (codec.empty()) return "must name a codec, e.g. zstd or delta|ef|topk:0.01|q8|zstd";
   int last = -1;
-  std::stringstream in(codec);
-  std::string stage;
-  while (std::getline(in, stage, '|')) {
-    const size_t a = stage.find_first_not_of(" \t"), b = stage.find_last_not_of(" \t");
-    stage = a == std::string::npos ? "" : stage.substr(a, b - a + 1);
-    const std::string name = stage.substr(0, stage.find(':'));
+  for (const std::string& stage : codec_stages(codec)) {
+    const std::string name = stage_name(stage);
     int rank;
     if (name == "delta") rank = 0;
     else if (name == "ef") rank = 1;
@@ -133,12 +143,8 @@ std::string codec_problem(const std::string& codec) {
 // The stages of an upstream codec that cannot carry a securely aggregated (masked) update, as in
 // fed::check_secure_aggregation_codec. Empty when the codec composes with masking.
 std::string secure_codec_problem(const std::string& codec) {
-  std::stringstream in(codec);
-  std::string stage;
-  while (std::getline(in, stage, '|')) {
-    const size_t a = stage.find_first_not_of(" \t");
-    const std::string trimmed = a == std::string::npos ? "" : stage.substr(a);
-    const std::string name = trimmed.substr(0, trimmed.find_first_of(": \t"));
+  for (const std::string& stage : codec_stages(codec)) {
+    const std::string name = stage_name(stage);
     if (name == "topk")
       return "cannot use topk with privacy.secure_aggregation: true (each site would pick other coordinates, so "
              "the masks would not cancel); use randk:F, whose coordinates come from a seed all sites share";

@@ -741,20 +741,7 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
     for (const TensorRecord& t : reference)
       for (float r : t.data) x[i++] -= r;
   }
-  if (spec.error_feedback) {
-    if (feedback->residual.size() != x.size()) feedback->residual.assign(x.size(), 0.0f);
-    if (spec.momentum > 0) {
-      if (feedback->velocity.size() != x.size()) feedback->velocity.assign(x.size(), 0.0f);
-      const float m = static_cast<float>(spec.momentum);
-      for (int64_t i = 0; i < n; ++i) {
-        const float u = m * feedback->velocity[i];
-        feedback->velocity[i] = u + x[i];
-      }
-      for (int64_t i = 0; i < n; ++i) x[i] = feedback->residual[i] + feedback->velocity[i];
-    } else {
-      for (int64_t i = 0; i < n; ++i) x[i] = feedback->residual[i] + x[i];
-    }
-  }
+  if (spec.error_feedback) accumulate_feedback(spec, &x, feedback);
 
   std::string payload;
   std::vector<float> decoded;  // the values the receiver will decode (sparse: of idx)
@@ -798,18 +785,8 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
     put_values(spec, x, segments_of(reference, nullptr), seed, &payload, &decoded);
   }
 
-  if (spec.error_feedback) {
-    // residual = accumulated - decoded, exactly (one float subtraction per value).
-    std::vector<float>& res = feedback->residual;
-    if (sparse) {
-      res = x;
-      for (size_t j = 0; j < idx.size(); ++j) res[idx[j]] = x[idx[j]] - decoded[j];
-      if (spec.momentum > 0)
-        for (int64_t i : idx) feedback->velocity[i] = 0;  // DGC momentum factor masking
-    } else {
-      for (int64_t i = 0; i < n; ++i) res[i] = x[i] - decoded[i];
-    }
-  }
+  // residual = accumulated - decoded, exactly (one float subtraction per value).
+  if (spec.error_feedback) settle_feedback(spec, x, sparse ? &idx : nullptr, decoded, feedback);
 
   std::string out;
   put_u64(&out, layout_fingerprint(reference));
@@ -945,6 +922,35 @@ Status check_secure_aggregation_codec(const CodecSpec& spec) {
                             "masking, and a value masked mod 2^32 takes 4 bytes whatever its precision (drop the "
                             "fp16/bf16/q8/q4/q2 stage)");
   return ok_status();
+}
+
+void accumulate_feedback(const CodecSpec& spec, std::vector<float>* x, ErrorFeedback* feedback) {
+  const size_t n = x->size();
+  if (feedback->residual.size() != n) feedback->residual.assign(n, 0.0f);
+  if (spec.momentum > 0) {
+    if (feedback->velocity.size() != n) feedback->velocity.assign(n, 0.0f);
+    const float m = static_cast<float>(spec.momentum);
+    for (size_t i = 0; i < n; ++i) {
+      const float u = m * feedback->velocity[i];
+      feedback->velocity[i] = u + (*x)[i];
+    }
+    for (size_t i = 0; i < n; ++i) (*x)[i] = feedback->residual[i] + feedback->velocity[i];
+  } else {
+    for (size_t i = 0; i < n; ++i) (*x)[i] = feedback->residual[i] + (*x)[i];
+  }
+}
+
+void settle_feedback(const CodecSpec& spec, const std::vector<float>& accumulated, const std::vector<int64_t>* sent_at,
+                     const std::vector<float>& sent, ErrorFeedback* feedback) {
+  std::vector<float>& res = feedback->residual;
+  if (sent_at == nullptr) {
+    for (size_t i = 0; i < accumulated.size(); ++i) res[i] = accumulated[i] - sent[i];
+    return;
+  }
+  res = accumulated;
+  for (size_t j = 0; j < sent_at->size(); ++j) res[(*sent_at)[j]] = accumulated[(*sent_at)[j]] - sent[j];
+  if (spec.momentum > 0)
+    for (int64_t i : *sent_at) feedback->velocity[i] = 0;  // DGC momentum factor masking
 }
 
 }  // namespace fedrad::fed

@@ -72,6 +72,16 @@ struct ErrorFeedback {
   }
 };
 
+// Error feedback's two steps, for senders that choose and send values themselves (secure
+// aggregation's masked random-k) as encode_update does. accumulate_feedback turns this round's
+// update x (flattened) into what may be sent: x plus the residual, and with momentum m DGC's
+// velocity (u = m u + x; residual + u). settle_feedback then keeps what was not sent: at the
+// indices `sent_at` (all values when null) the residual becomes accumulated - sent, elsewhere the
+// accumulated value, and the velocity is zeroed where values were sent (momentum factor masking).
+void accumulate_feedback(const CodecSpec& spec, std::vector<float>* x, ErrorFeedback* feedback);
+void settle_feedback(const CodecSpec& spec, const std::vector<float>& accumulated, const std::vector<int64_t>* sent_at,
+                     const std::vector<float>& sent, ErrorFeedback* feedback);
+
 // Encodes `model` for a receiver that holds `reference` (same names and shapes: checked). With
 // `delta` the update is model - reference; with `ef` the residual in `feedback` (required then) is
 // added and updated so that, exactly, new residual = accumulated update - what the receiver will

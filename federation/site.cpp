@@ -429,48 +429,26 @@ class SiteRunner {
   // knows), and what was not sent waits in the residual for a later round (Deep Gradient
   // Compression's momentum correction too when ef:m).
   void select_secagg_values(uint64_t round_seed, const Weights& trained, SecAggState* st) {
-    const size_t n = static_cast<size_t>(num_values(copy_));
     std::vector<float> x;
-    x.reserve(n);
+    x.reserve(static_cast<size_t>(num_values(copy_)));
     for (size_t t = 0; t < copy_.size(); ++t)
       for (size_t i = 0; i < copy_[t].data.size(); ++i)
         x.push_back(static_cast<float>(static_cast<double>(trained[t].data[i]) - copy_[t].data[i]));
     const bool sparse = up_spec_.sparsify == Sparsify::kRandK;
+    const bool feedback = up_spec_.error_feedback;
     if (sparse) st->chosen = randk_indices(copy_, up_spec_.fraction, secure_randk_seed(round_seed));
-    if (!up_spec_.error_feedback) {
-      if (!sparse) {
-        st->delta = std::move(x);
-        return;
-      }
+    if (feedback) accumulate_feedback(up_spec_, &x, &feedback_);
+    if (sparse) {
       st->delta.reserve(st->chosen.size());
       for (int64_t j : st->chosen) st->delta.push_back(x[static_cast<size_t>(j)]);
-      return;
-    }
-    ErrorFeedback& fb = feedback_;
-    if (fb.residual.size() != n) fb.residual.assign(n, 0.0f);
-    if (up_spec_.momentum > 0) {
-      if (fb.velocity.size() != n) fb.velocity.assign(n, 0.0f);
-      const float m = static_cast<float>(up_spec_.momentum);
-      for (size_t i = 0; i < n; ++i) {
-        fb.velocity[i] = m * fb.velocity[i] + x[i];
-        fb.residual[i] += fb.velocity[i];
-      }
     } else {
-      for (size_t i = 0; i < n; ++i) fb.residual[i] += x[i];
+      st->delta = feedback ? x : std::move(x);
     }
-    if (!sparse) {
-      st->delta = fb.residual;
-      std::fill(fb.residual.begin(), fb.residual.end(), 0.0f);
-      if (!fb.velocity.empty()) std::fill(fb.velocity.begin(), fb.velocity.end(), 0.0f);
-      return;
-    }
-    st->delta.reserve(st->chosen.size());
-    for (int64_t j : st->chosen) {
-      const size_t i = static_cast<size_t>(j);
-      st->delta.push_back(fb.residual[i]);
-      fb.residual[i] = 0;
-      if (!fb.velocity.empty()) fb.velocity[i] = 0;
-    }
+    if (!feedback) return;
+    // The chosen values go out whole (clipping's loss is added back in on_relay).
+    settle_feedback(up_spec_, x, sparse ? &st->chosen : nullptr, st->delta, &feedback_);
+    // Every value goes out: momentum factor masking clears all of u (codec.h: u = 0 where sent).
+    if (!sparse) std::fill(feedback_.velocity.begin(), feedback_.velocity.end(), 0.0f);
   }
 
   Status begin_secagg(uint32_t round, uint64_t round_seed, FitReport fit, EvalReport eval) {
