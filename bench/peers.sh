@@ -68,7 +68,7 @@ run_fedrad() {
   local t0; t0=$(now)
   /usr/bin/time -f "%M %e %U %S" -o "$d/coordinator.time" "$FEDRAD" -q coordinator --config "$d/config.yaml" --out "$d/study" > "$d/coordinator.log" 2>&1 & coord=$!
   for s in "${SITES[@]}"; do
-    /usr/bin/time -f "%M %e %U %S" -o "$d/$s.time" "$FEDRAD" -q site --config "$d/config.yaml" --data "$DATA/$s" --site-id "$s" \
+    /usr/bin/time -f "%M %e %U %S" -o "$d/$s.time" "$FEDRAD" site --config "$d/config.yaml" --data "$DATA/$s" --site-id "$s" \
       --address "tcp://127.0.0.1:$r" --threads 1 --audit-log "$d/audit-$s.log" > "$d/$s.log" 2>&1 & pids+=($!)
   done
   local rc=0
@@ -108,22 +108,22 @@ run_flower() {
 # run_fake FRAMEWORK DIR: the same 4-site federation with instant sites (no data, no training, no
 # evaluation; fit returns the weights plus an offset), the pneumonia model's size: what a round
 # costs the federation itself. fedrad: bench/coordinator_scaling (the real coordinator and site
-# runner, fake learners), Flower: flower_peer.py --fake. One process per site, through the relay.
-FAKE_ROUNDS=${FAKE_ROUNDS:-20}
+# runner, fake learners), Flower: flower_peer.py --fake. One process per site, connected straight
+# to the coordinator: the counting relay (a Python process copying every byte) would add its own
+# milliseconds to rounds that last a few, so the wire bytes are taken from the study runs instead.
+FAKE_ROUNDS=${FAKE_ROUNDS:-50}
 MODEL_MB=0.3114  # 77,850 float32 values: the pneumonia model's parameters and buffers
 run_fake() {
-  local fw=$1 d=$2 p r relay coord pids=() i s codec=zstd
+  local fw=$1 d=$2 p coord pids=() i s codec=zstd
   [ "$fw" = fedrad-none ] && codec=none
   mkdir -p "$d"
-  p=$(free_port); r=$(free_port)
+  p=$(free_port)
   cut -d' ' -f1-3 /proc/loadavg > "$d/load_before"
-  "$PY" bench/peers/relay.py --listen "$r" --target "$p" --out "$d/relay.json" & relay=$!
-  wait_port "$r"
   if [ "$fw" != flower ]; then
     /usr/bin/time -f "%M %e %U %S" -o "$d/coordinator.time" "$BUILD/bench/coordinator_scaling" coordinator --port "$p" --sites ${#SITES[@]} \
       --mb $MODEL_MB --rounds "$FAKE_ROUNDS" --codec $codec > "$d/coordinator.json" 2> "$d/coordinator.log" & coord=$!
     for i in $(seq 0 $((${#SITES[@]} - 1))); do
-      /usr/bin/time -f "%M %e %U %S" -o "$d/site-$i.time" "$BUILD/bench/coordinator_scaling" sites --port "$r" --sites ${#SITES[@]} \
+      /usr/bin/time -f "%M %e %U %S" -o "$d/site-$i.time" "$BUILD/bench/coordinator_scaling" sites --port "$p" --sites ${#SITES[@]} \
         --first "$i" --count 1 --codec $codec > "$d/site-$i.json" 2> "$d/site-$i.log" & pids+=($!)
     done
   else
@@ -131,19 +131,20 @@ run_fake() {
       --sites ${#SITES[@]} --out "$d" > "$d/coordinator.log" 2>&1 & coord=$!
     wait_port "$p"
     for i in $(seq 0 $((${#SITES[@]} - 1))); do
-      /usr/bin/time -f "%M %e %U %S" -o "$d/site-$i.time" "$PY" bench/peers/flower_peer.py client --fake --address "127.0.0.1:$r" \
+      /usr/bin/time -f "%M %e %U %S" -o "$d/site-$i.time" "$PY" bench/peers/flower_peer.py client --fake --address "127.0.0.1:$p" \
         --site-id "site-$i" --site-index "$((i + 1))" --out "$d" > "$d/site-$i.log" 2>&1 & pids+=($!)
     done
   fi
   local rc=0
   wait "$coord" || rc=$?
   for s in "${pids[@]}"; do wait "$s" || rc=$?; done
-  kill -TERM "$relay"; wait "$relay" || true
   cut -d' ' -f1-3 /proc/loadavg > "$d/load_after"
+  : > "$d/done"
   [ "$rc" = 0 ] || { echo "$fw run with fake sites in $d failed (rc $rc); see its logs" >&2; return 1; }
 }
 
 PARTS=${PARTS:-"fake study throughput"}
+for part in $PARTS; do date -u +%Y-%m-%dT%H:%M:%SZ > "$OUT/started-$part"; done  # when each part was (re)run
 [[ " $PARTS " == *" fake "* ]] && for rep in $(seq "$REPEAT"); do
   echo "== repeat $rep/$REPEAT: fedrad and Flower with instant sites ($FAKE_ROUNDS rounds)" >&2
   run_fake fedrad "$OUT/fake-fedrad-$rep"
