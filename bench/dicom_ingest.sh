@@ -4,12 +4,12 @@
 # number of files (the list cycled to FILES_LIST; pydicom up to PYDICOM_MAX files). Prints JSON
 # lines and Markdown tables, writes bench/results/dicom_ingest/ and the "DICOM ingest against the
 # number of files" section of bench/RESULTS.md.
-#   bench/dicom_ingest.sh [build-dir=build-img] [repeat=3]
-#   FILES_LIST="100 1000" PYDICOM_MAX=1000 bench/dicom_ingest.sh build-codec 1
+#   bench/dicom_ingest.sh [build-dir=build, or $FEDRAD_BUILD_DIR] [repeat=3]
+#   FILES_LIST="100 1000" PYDICOM_MAX=1000 bench/dicom_ingest.sh build 1
 # pydicom and its plugins go into bench/.venv (ignored), only for this benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${1:-build-img}
+BUILD=${1:-${FEDRAD_BUILD_DIR:-build}}
 REPEAT=${2:-3}
 DATA=${FEDRAD_DATA:-../shared/data}
 THREADS=${THREADS:-$(nproc)}

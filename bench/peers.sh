@@ -19,7 +19,7 @@
 # Debian's python3-torch (--system-site-packages); fedrad itself never needs Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build-codec}
+BUILD=${BUILD:-${FEDRAD_BUILD_DIR:-build}}
 DATA=${DATA:-${FEDRAD_DATA:-../shared/data}/pneumonia}
 ROUNDS=${ROUNDS:-5}
 REPEAT=${REPEAT:-3}

@@ -13,7 +13,7 @@
 #   REUSE=1 bench/privacy.sh                       # keep runs already finished in $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build-priv}
+BUILD=${BUILD:-${FEDRAD_BUILD_DIR:-build}}
 DATA=${DATA:-../shared/data/pneumonia}
 JOBS=${JOBS:-2}
 OUT=${OUT:-/tmp/fedrad-privacy}
@@ -222,7 +222,7 @@ pooled validation AUC of the final model. "site-a sent" lists the message kinds 
 
 ### Secure aggregation cost (federation/secagg.h, in-process parties)
 
-`build-priv/bench/secagg_bench 80000 3`: all four phases (key advertisement, encrypted Shamir shares
+`bench/secagg_bench 80000 3` (in the build folder): all four phases (key advertisement, encrypted Shamir shares
 of each party's X25519 key and self-mask seed relayed by the coordinator, masked fixed-point
 inputs, unmasking) for 80,000 uint32 values (the pneumonia model has ~81k parameters: 326 KB of float32 per FIT_RES in the audit logs); dropped
 parties vanish after sharing keys (up to a third). Bytes are protocol payloads through the

@@ -11,7 +11,7 @@
 #   SITES_LIST="1 10 100" MODEL_MB_LIST="1 10" ROUNDS=3 BUILD=build bench/scaling.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build-codec}
+BUILD=${BUILD:-${FEDRAD_BUILD_DIR:-build}}
 OUT=${OUT:-/tmp/fedrad-scaling}
 ROUNDS=${ROUNDS:-5}
 SITES_LIST=${SITES_LIST:-"1 2 5 10 20 50 100"}
