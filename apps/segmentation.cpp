@@ -87,11 +87,10 @@ StatusOr<std::unique_ptr<fed::Learner>> make_seg_learner(const StudyConfig& conf
 Status train_segmentation(const StudyConfig& config, const std::string& data_root, const std::vector<std::string>& sites,
                           const std::string& out_dir) {
   if (sites.empty()) return invalid_argument("train: no sites given (config 'sites' or --site)");
-  training::set_threads(config.train.threads);
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
   auto log = logger("train");
-  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
-  training::configure_backend(config.train, device);
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device,
+                          training::prepare_device(config.train, config.train.device, config.train.threads));
   log->info("training on {}", training::describe_device(device));
   std::vector<training::SegSet> trains, vals;
   for (const auto& s : sites) {

@@ -766,10 +766,8 @@ StatusOr<fed::SiteOptions> site_options(const StudyConfig& config, const std::st
 Status site(const StudyConfig& config, const std::string& site_dir, const std::string& site_id,
             const std::string& address, int threads, const std::string& audit_log) {
   const int n = threads > 0 ? threads : config.train.threads;
-  training::set_threads(n);
   auto log = logger(site_id);
-  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
-  training::configure_backend(config.train, device);
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::prepare_device(config.train, config.train.device, n));
   log->info("training on {}", training::describe_device(device));
   const int index = site_index(config, site_id);
   std::unique_ptr<SiteWorkers> workers;  // train.data_parallel > 1; outlives the learner, which stops them
@@ -871,10 +869,8 @@ Status region(const StudyConfig& config, const std::string& region_id, const std
 Status site_worker(const StudyConfig& config, const std::string& site_dir, const std::string& site_id, int rank,
                    int world, const std::string& control, int threads) {
   const int n = threads > 0 ? threads : config.train.threads;
-  training::set_threads(n);
   FEDRAD_ASSIGN_OR_RETURN(const torch::Device device,
-                          training::resolve_device(training::rank_device(config.train.device, rank)));
-  training::configure_backend(config.train, device);
+                          training::prepare_device(config.train, training::rank_device(config.train.device, rank), n));
   auto train = training::load_image_set(site_dir + "/train", config.data, n);
   if (!train.ok()) return train.status().with_context("site " + site_id + " rank " + std::to_string(rank));
   // Silent for as long as the site itself may wait for the coordinator: rank 0 then is gone.
@@ -895,11 +891,10 @@ Status train(const StudyConfig& config, const std::string& data_root, const std:
              const std::string& out_dir) {
   if (config.segmentation_task()) return train_segmentation(config, data_root, sites, out_dir);
   if (sites.empty()) return invalid_argument("train: no sites given (config 'sites' or --site)");
-  training::set_threads(config.train.threads);
   FEDRAD_RETURN_IF_ERROR(make_dir(out_dir));
   auto log = logger("train");
-  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, training::resolve_device(config.train.device));
-  training::configure_backend(config.train, device);
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device,
+                          training::prepare_device(config.train, config.train.device, config.train.threads));
   log->info("training on {}", training::describe_device(device));
   std::vector<training::ImageSet> trains, vals;
   for (size_t i = 0; i < sites.size(); ++i) {

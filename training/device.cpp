@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include "cuda/preprocess.h"  // device_description
+#include "training/trainer.h"  // set_threads
 
 namespace fedrad::training {
 
@@ -47,6 +48,13 @@ std::string describe_device(const torch::Device& device) {
 
 void configure_backend(const TrainConfig& train, const torch::Device& device) {
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(train.cudnn_benchmark);
+}
+
+StatusOr<torch::Device> prepare_device(const TrainConfig& train, const std::string& spec, int threads) {
+  set_threads(threads);
+  FEDRAD_ASSIGN_OR_RETURN(const torch::Device device, resolve_device(spec));
+  configure_backend(train, device);
+  return device;
 }
 
 Precision precision_for(const TrainConfig& train, const torch::Device& device) {

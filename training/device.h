@@ -24,6 +24,10 @@ std::string describe_device(const torch::Device& device);
 // Applies the process-wide settings of train: cuDNN autotuning when training on CUDA.
 void configure_backend(const TrainConfig& train, const torch::Device& device);
 
+// What every process that trains does first: `threads` CPU threads for LibTorch (0 = one per
+// core), the device `spec` names (resolve_device) and configure_backend on it.
+StatusOr<torch::Device> prepare_device(const TrainConfig& train, const std::string& spec, int threads);
+
 // How a forward/backward pass runs on the device: the model's activations' memory format and
 // mixed precision. Built from the config by precision_for().
 struct Precision {
