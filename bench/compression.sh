@@ -26,10 +26,16 @@ UP[topk0.3-q4]="delta|ef|topk:0.003|q4|zstd"; DOWN[topk0.3-q4]="delta|topk:0.1|q
 UP[topk0.1-q4]="delta|ef|topk:0.001|q4|zstd"; DOWN[topk0.1-q4]="delta|topk:0.1|q8|zstd"
 UP[topk1-q4]="delta|ef|topk:0.01|q4|zstd";    DOWN[topk1-q4]="zstd"
 UP[randk1-q8]="delta|ef|randk:0.01|q8|zstd";  DOWN[randk1-q8]="zstd"
+# Denser top-k, random-k at about topk1-q4's bytes, and kernel top-k (one index per 3x3 kernel of
+# the convolutions, so ~3% of the values for about what 1% costs value by value).
+UP[topk2-q4]="delta|ef|topk:0.02|q4|zstd";    DOWN[topk2-q4]="zstd"
+UP[topk10-q4]="delta|ef|topk:0.1|q4|zstd";    DOWN[topk10-q4]="zstd"
+UP[randk3-q4]="delta|ef|randk:0.03|q4|zstd";  DOWN[randk3-q4]="zstd"
+UP[ktopk3-q4]="delta|ef|ktopk:0.03|q4|zstd";  DOWN[ktopk3-q4]="zstd"
 # The same upstream codec with server momentum (FedAvgM, momentum 0.7) in place of plain FedAvg.
 UP[topk1-q4-m]="delta|ef|topk:0.01|q4|zstd";  DOWN[topk1-q4-m]="zstd"
 declare -A STRATEGY=([topk1-q4-m]="fedavgm") EXTRA=([topk1-q4-m]="  server_momentum: 0.7")
-SETTINGS=${SETTINGS:-"baseline q8 topk1-q8 topk1-q4 topk1-q8-down topk0.3-q4 topk0.1-q4 randk1-q8"}
+SETTINGS=${SETTINGS:-"baseline q8 topk1-q8 topk1-q4 ktopk3-q4 topk2-q4 topk10-q4 randk3-q4 topk1-q8-down topk0.3-q4 topk0.1-q4 randk1-q8"}
 
 cmake -S . -B "$BUILD" -G Ninja >/dev/null
 cmake --build "$BUILD" --target fedrad codec_bench -j"$JOBS" >/dev/null
@@ -109,6 +115,8 @@ evaluation (round 1 and the final round send a full model the first time a site 
 Upstream codecs run with error feedback (`ef`); top-k is per tensor, and tensors of at most 512 values
 (biases, BatchNorm parameters and running statistics) are always sent whole:
 with error feedback on sparsified running variances the model broke in evaluation mode (AUC 0.5).
+`ktopk:F` keeps whole 3x3 kernels of the convolutions (the fraction F of them, by L2 norm) with one
+coded index per kernel, and single values elsewhere, as topk.
 Downstream `zstd` sends the full fp32 model every round (lossless), hence its 1.1x.
 
 Codec throughput (`bench/codec_bench`, 1 Mi values = 4 MiB of fp32, one thread, encode includes

@@ -123,17 +123,17 @@ std::string codec_problem(const std::string& codec) {
     int rank;
     if (name == "delta") rank = 0;
     else if (name == "ef") rank = 1;
-    else if (name == "topk" || name == "randk") rank = 2;
+    else if (name == "topk" || name == "ktopk" || name == "randk") rank = 2;
     else if (one_of(name, {"fp16", "bf16", "q8", "q4", "q2"})) rank = 3;
     else if (name == "zstd") rank = 4;
     else
       return "unknown codec stage '" + name + "' in '" + codec +
-             "' (known: delta, ef, topk, randk, fp16, bf16, q8, q4, q2, zstd)";
+             "' (known: delta, ef, topk, ktopk, randk, fp16, bf16, q8, q4, q2, zstd)";
     if (rank == 2 && stage.find(':') == std::string::npos)
       return "codec stage '" + name + "' needs the kept fraction, e.g. " + name + ":0.01";
     if (rank <= last)
       return "codec stage '" + name + "' is out of order in '" + codec +
-             "' (order: delta | ef | topk/randk | fp16/bf16/q8/q4/q2 | zstd, each at most once)";
+             "' (order: delta | ef | topk/ktopk/randk | fp16/bf16/q8/q4/q2 | zstd, each at most once)";
     last = rank;
   }
   if (!codec.empty() && codec.back() == '|') return "codec '" + codec + "' ends with an empty stage";
@@ -145,8 +145,8 @@ std::string codec_problem(const std::string& codec) {
 std::string secure_codec_problem(const std::string& codec) {
   for (const std::string& stage : codec_stages(codec)) {
     const std::string name = stage_name(stage);
-    if (name == "topk")
-      return "cannot use topk with privacy.secure_aggregation: true (each site would pick other coordinates, so "
+    if (name == "topk" || name == "ktopk")
+      return "cannot use " + name + " with privacy.secure_aggregation: true (each site would pick other coordinates, so "
              "the masks would not cancel); use randk:F, whose coordinates come from a seed all sites share";
     if (one_of(name, {"fp16", "bf16", "q8", "q4", "q2"}))
       return "cannot use " + name + " with privacy.secure_aggregation: true (the fixed point before masking is "

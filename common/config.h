@@ -88,8 +88,8 @@ struct FederationConfig {
   std::string compression = "zstd";  // none | zstd (lossless, applied to every model message)
   int zstd_level = 3;
   // Update codecs (federation/codec.h), per direction: stages joined by '|' in the order
-  // delta | ef[:m] | topk:F or randk:F | fp16, bf16, q8[:B], q4[:B] or q2[:B] | zstd[:L],
-  // e.g. "delta|ef|topk:0.01|q8|zstd". "zstd" (default) and "none" send lossless plain weights.
+  // delta | ef[:m] | topk:F, ktopk:F or randk:F | fp16, bf16, q8[:B], q4[:B] or q2[:B] | zstd[:L],
+  // e.g. "delta|ef|ktopk:0.03|q4|zstd". "zstd" (default) and "none" send lossless plain weights.
   std::string upstream_codec = "zstd";    // site -> coordinator
   std::string downstream_codec = "zstd";  // coordinator -> site
   // CurveZMQ keys (federation/keys.h; `fedrad keys` writes them): the coordinator reads

@@ -22,6 +22,12 @@
 //                     parameter 2^r: gap >> r in unary (that many 1 bits, then a 0), then the r
 //                     low bits of the gap (least significant first); bits fill each byte from
 //                     bit 0, the last byte padded with zeros
+//   ktopk   the same index section, but over units instead of values: a unit is one kernel
+//             (the kh x kw values of an output-input channel pair, contiguous in the tensor) of
+//             each 4-d convolution weight with kernels of more than one value, and one value of
+//             every other tensor top-k sparsifies; units are numbered in tensor order over those
+//             tensors only (the small tensors that travel whole have none), and a chosen unit
+//             sends all of its values, in order
 //   randk   u64 k | values(k)     (the indices are recomputed from the seed)
 // values(m):
 //   fp32 m x f32 | fp16, bf16 m x u16 |
@@ -49,6 +55,20 @@ constexpr uint64_t kRandKSalt = 0x5bd1e9955bd1e995ull;
 // head of the pneumonia model) cost 0.005 AUC on the pneumonia study for 20% fewer bytes.
 constexpr size_t kDenseTensorValues = 512;
 bool sent_whole(const TensorRecord& t) { return t.data.size() <= kDenseTensorValues; }
+// Values per unit of kernel top-k in a tensor it sparsifies: a kh x kw kernel of a 4-d
+// convolution weight [out, in, kh, kw] (its values are contiguous), else one value.
+int64_t unit_values(const TensorRecord& t) {
+  if (t.shape.size() != 4 || t.shape[2] <= 0 || t.shape[3] <= 0) return 1;
+  const int64_t u = t.shape[2] * t.shape[3];
+  return u > 0 && static_cast<int64_t>(t.data.size()) % u == 0 ? u : 1;
+}
+// Units of kernel top-k over the tensors it sparsifies.
+int64_t num_units(const Weights& layout) {
+  int64_t n = 0;
+  for (const TensorRecord& t : layout)
+    if (!sent_whole(t)) n += static_cast<int64_t>(t.data.size()) / unit_values(t);
+  return n;
+}
 
 // ---- bytes -------------------------------------------------------------------------------------
 
@@ -370,6 +390,30 @@ std::vector<int64_t> topk_indices(const std::vector<float>& x, double fraction) 
   return idx;
 }
 
+// The k = max(1, round(fraction * units)) units of `x` (units of `u` consecutive values) of
+// largest L2 norm, in increasing order; ties at the threshold go to the earlier units.
+std::vector<int64_t> top_units(const std::vector<float>& x, int64_t u, double fraction) {
+  const int64_t units = static_cast<int64_t>(x.size()) / u;
+  std::vector<int64_t> chosen;
+  if (units == 0) return chosen;
+  const int64_t k =
+      std::min(units, std::max<int64_t>(1, static_cast<int64_t>(std::llround(fraction * static_cast<double>(units)))));
+  std::vector<double> norm(static_cast<size_t>(units), 0.0);
+  for (int64_t j = 0; j < units; ++j) {
+    double s = 0;
+    for (int64_t i = 0; i < u; ++i) s += static_cast<double>(x[j * u + i]) * x[j * u + i];
+    norm[j] = s;
+  }
+  std::vector<int64_t> order(static_cast<size_t>(units));
+  for (int64_t j = 0; j < units; ++j) order[j] = j;
+  std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](int64_t a, int64_t b) {
+    return norm[a] > norm[b] || (norm[a] == norm[b] && a < b);
+  });
+  chosen.assign(order.begin(), order.begin() + k);
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
 void put_varint(std::string* out, uint64_t v) {
   while (v >= 0x80) {
     out->push_back(static_cast<char>((v & 0x7f) | 0x80));
@@ -589,9 +633,9 @@ StatusOr<CodecSpec> CodecSpec::parse(const std::string& text) {
       spec.error_feedback = true;
       if (has_arg && (!parse_double(arg, &spec.momentum) || spec.momentum < 0 || spec.momentum >= 1))
         return invalid_argument(where + ": momentum must be a number in [0, 1)");
-    } else if (name == "topk" || name == "randk") {
+    } else if (name == "topk" || name == "ktopk" || name == "randk") {
       rank = 2;
-      spec.sparsify = name == "topk" ? Sparsify::kTopK : Sparsify::kRandK;
+      spec.sparsify = name == "topk" ? Sparsify::kTopK : name == "ktopk" ? Sparsify::kKernelTopK : Sparsify::kRandK;
       if (!has_arg || !parse_double(arg, &spec.fraction) || !(spec.fraction > 0) || spec.fraction > 1)
         return invalid_argument(where + ": needs the kept fraction in (0, 1], e.g. " + name + ":0.01");
     } else if (name == "fp16" || name == "bf16") {
@@ -610,11 +654,11 @@ StatusOr<CodecSpec> CodecSpec::parse(const std::string& text) {
         return invalid_argument(where + ": level must be in 1..19");
     } else {
       return invalid_argument("codec '" + all + "': unknown codec stage '" + name +
-                              "' (known: delta, ef, topk, randk, fp16, bf16, q8, q4, q2, zstd)");
+                              "' (known: delta, ef, topk, ktopk, randk, fp16, bf16, q8, q4, q2, zstd)");
     }
     if (rank <= last_rank)
       return invalid_argument("codec '" + all + "': stage '" + name + "' cannot follow '" + last_name +
-                              "' (order: delta | ef | topk/randk | fp16/bf16/q8/q4/q2 | zstd, each at most once)");
+                              "' (order: delta | ef | topk/ktopk/randk | fp16/bf16/q8/q4/q2 | zstd, each at most once)");
     last_rank = rank;
     last_name = name;
     if (bar == std::string::npos) break;
@@ -628,7 +672,8 @@ std::string CodecSpec::to_string() const {
   if (delta) parts.push_back("delta");
   if (error_feedback) parts.push_back(momentum > 0 ? "ef:" + fmt_double(momentum) : "ef");
   if (sparsify != Sparsify::kNone)
-    parts.push_back((sparsify == Sparsify::kTopK ? "topk:" : "randk:") + fmt_double(fraction));
+    parts.push_back((sparsify == Sparsify::kTopK ? "topk:" : sparsify == Sparsify::kKernelTopK ? "ktopk:" : "randk:") +
+                    fmt_double(fraction));
   switch (quantize) {
     case Quantize::kFp32:
       break;
@@ -773,6 +818,28 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
       start = end;
     }
     put_indices(chosen, n, &payload);
+  } else if (spec.sparsify == Sparsify::kKernelTopK) {
+    // Units (kernels of convolution weights, single values elsewhere) by their L2 norm, per
+    // tensor as topk; one index per unit is coded, over the units of the sparsified tensors.
+    std::vector<int64_t> units;
+    int64_t at = 0, unit_at = 0;
+    for (const TensorRecord& t : reference) {
+      const int64_t len = static_cast<int64_t>(t.data.size());
+      if (sent_whole(t)) {
+        for (int64_t i = 0; i < len; ++i) idx.push_back(at + i);
+      } else {
+        const int64_t u = unit_values(t);
+        const std::vector<float> slice(x.begin() + at, x.begin() + at + len);
+        const std::vector<int64_t> chosen = u == 1 ? topk_indices(slice, spec.fraction) : top_units(slice, u, spec.fraction);
+        for (int64_t j : chosen) {
+          units.push_back(unit_at + j);
+          for (int64_t i = 0; i < u; ++i) idx.push_back(at + j * u + i);
+        }
+        unit_at += len / u;
+      }
+      at += len;
+    }
+    put_indices(units, num_units(reference), &payload);
   } else if (spec.sparsify == Sparsify::kRandK) {
     idx = randk_indices(reference, spec.fraction, seed);
     put_u64(&payload, idx.size());
@@ -861,6 +928,25 @@ StatusOr<Weights> decode_update(const std::string& codec, std::string_view bytes
         start = end;
       }
     }
+  } else if (spec.sparsify == Sparsify::kKernelTopK) {
+    std::vector<int64_t> units;
+    if (read_indices(c, num_units(reference), &units)) {
+      // Each unit stands for its values; the small tensors travel whole.
+      int64_t start = 0, unit_at = 0;
+      size_t j = 0;
+      for (const TensorRecord& t : reference) {
+        const int64_t len = static_cast<int64_t>(t.data.size());
+        if (sent_whole(t)) {
+          for (int64_t i = start; i < start + len; ++i) idx.push_back(i);
+        } else {
+          const int64_t u = unit_values(t), unit_end = unit_at + len / u;
+          for (; j < units.size() && units[j] < unit_end; ++j)
+            for (int64_t i = 0; i < u; ++i) idx.push_back(start + (units[j] - unit_at) * u + i);
+          unit_at = unit_end;
+        }
+        start += len;
+      }
+    }
   } else if (spec.sparsify == Sparsify::kRandK) {
     const uint64_t k = c.u64("random-k count");
     if (c.ok()) {
@@ -912,7 +998,7 @@ std::vector<int64_t> randk_indices(const Weights& layout, double fraction, uint6
 }
 
 Status check_secure_aggregation_codec(const CodecSpec& spec) {
-  if (spec.sparsify == Sparsify::kTopK)
+  if (spec.sparsify == Sparsify::kTopK || spec.sparsify == Sparsify::kKernelTopK)
     return invalid_argument("codec '" + spec.to_string() +
                             "' cannot carry masked updates: top-k picks other coordinates at each site, so the masks "
                             "would not cancel (use randk:F, whose coordinates come from a seed shared by all sites)");

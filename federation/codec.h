@@ -9,6 +9,10 @@
 //   topk:F       keep the fraction F of values largest in magnitude, per tensor (at least one
 //                value each; the threshold comes from a sample); tensors of at most 512 values
 //                (biases, normalisation parameters and running statistics) are always sent whole
+//   ktopk:F      top-k by kernels: the fraction F of the kernels (the kh x kw values of one
+//                output-input channel pair) of each convolution weight of largest L2 norm, all of
+//                each chosen kernel's values sent, one index coded per kernel (a 3x3 kernel costs
+//                about what one value's index costs under topk); other tensors as topk
 //   randk:F      keep each value with probability F, chosen by a hash of a seed that travels in
 //                the update, so the indices themselves are never sent (small tensors: as topk)
 //   fp16 | bf16  16-bit floats (round to nearest even)
@@ -37,7 +41,7 @@
 
 namespace fedrad::fed {
 
-enum class Sparsify { kNone = 0, kTopK = 1, kRandK = 2 };
+enum class Sparsify { kNone = 0, kTopK = 1, kRandK = 2, kKernelTopK = 3 };
 enum class Quantize { kFp32 = 0, kFp16 = 1, kBf16 = 2, kQ8 = 3, kQ4 = 4, kQ2 = 5 };
 
 struct CodecSpec {

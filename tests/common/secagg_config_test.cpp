@@ -43,6 +43,16 @@ TEST(SecAggConfig, AcceptsSharedSeedRandomK) {
   }
 }
 
+// Kernel top-k is a codec like topk without masking.
+TEST(SecAggConfig, KernelTopKIsAnUpstreamCodecWithoutMasking) {
+  auto c = parse_study_config(std::string(kSites) + "federation: {upstream_codec: 'delta|ef|ktopk:0.03|q4|zstd'}\n",
+                              "ok.yaml");
+  EXPECT_TRUE(c.ok()) << c.status().to_string();
+  auto bad = parse_study_config(std::string(kSites) + "federation: {upstream_codec: 'delta|ktopk|q4'}\n", "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("kept fraction"), std::string::npos) << bad.status().message();
+}
+
 TEST(SecAggConfig, RefusesWhatNeedsOneSitesUpdateNamingTheKeyAndWhy) {
   const std::string on = "privacy: {secure_aggregation: true}\n";
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
@@ -54,6 +64,8 @@ TEST(SecAggConfig, RefusesWhatNeedsOneSitesUpdateNamingTheKeyAndWhy) {
        "never sees one site's update"},
       {std::string(kSites) + "federation: {upstream_codec: 'delta|topk:0.01|zstd'}\n" + on,
        "federation.upstream_codec", "the masks would not cancel"},
+      {std::string(kSites) + "federation: {upstream_codec: 'delta|ef|ktopk:0.03|zstd'}\n" + on,
+       "federation.upstream_codec", "cannot use ktopk"},
       {std::string(kSites) + "federation: {upstream_codec: 'delta|ef|randk:0.1|q8|zstd'}\n" + on,
        "federation.upstream_codec", "cannot use q8"},
       {"sites: [a]\n" + on, "sites", "2..255 sites"},

@@ -71,6 +71,7 @@ TEST(CodecSpec, ParsesAndPrintsCanonically) {
       {"delta|fp16", "delta|fp16"},
       {"bf16|zstd:3", "bf16|zstd"},
       {"delta|topk:1|q2:256", "delta|topk:1|q2"},
+      {"delta | ef | ktopk:0.05 | q4 | zstd", "delta|ef|ktopk:0.05|q4|zstd"},
   };
   for (const auto& [in, want] : cases) {
     auto s = CodecSpec::parse(in);
@@ -101,6 +102,8 @@ TEST(CodecSpec, RefusesUnknownStagesBadParametersAndOrder) {
       {"zstd|delta", "cannot follow"},
       {"q8|fp16", "cannot follow"},
       {"topk:0.1|topk:0.2", "cannot follow"},
+      {"ktopk", "kept fraction"},
+      {"topk:0.1|ktopk:0.2", "cannot follow"},
   };
   for (const auto& [in, why] : cases) {
     auto s = CodecSpec::parse(in);
@@ -300,7 +303,8 @@ TEST(Codec, IndexCodingPicksTheSmallestOfRiceVarintAndBitmap) {
 
 TEST(ErrorFeedback, ResidualIsExactlyWhatWasNotSent) {
   const Weights ref = zeros_like(make_weights(1));
-  for (const std::string codec : {"ef|topk:0.05|q8", "ef|topk:0.02", "ef|randk:0.1|q4|zstd", "ef|q2", "ef|fp16"}) {
+  for (const std::string codec :
+       {"ef|topk:0.05|q8", "ef|topk:0.02", "ef|ktopk:0.05|q4", "ef|randk:0.1|q4|zstd", "ef|q2", "ef|fp16"}) {
     ErrorFeedback ef;
     std::vector<float> carried(flat(ref).size(), 0.0f);
     std::vector<double> sent_total(carried.size(), 0.0), input_total(carried.size(), 0.0);
@@ -386,7 +390,7 @@ TEST(CodecDecode, RefusesAnotherModelLayout) {
 TEST(CodecDecode, EveryTruncationAndTrailingByteIsRefused) {
   const Weights ref = make_weights(1);
   for (const std::string codec : {"delta|topk:0.01|q8|zstd", "delta|topk:0.6|q4", "delta|topk:0.01|fp16",
-                                  "randk:0.1|q2", "delta|q8:100", "bf16", "none"}) {
+                                  "delta|ktopk:0.05|q4", "randk:0.1|q2", "delta|q8:100", "bf16", "none"}) {
     const std::string bytes = encode_ok(codec, make_weights(2), ref);
     ASSERT_TRUE(decode_update(codec, bytes, ref).ok()) << codec;
     for (size_t len = 0; len < bytes.size(); ++len)
@@ -503,6 +507,79 @@ TEST(CodecDecode, ValidatesIndices) {
   }
 }
 
+TEST(Codec, KernelTopKSendsWholeKernelsOfLargestNormWithOneIndexEach) {
+  const Weights ref = zeros_like(make_weights(1));
+  const Weights model = make_weights(4);
+  ASSERT_EQ(model[0].name, "conv.weight");  // [16, 8, 3, 3]: 128 kernels of 9 values
+  for (double fraction : {0.01, 0.1, 0.5}) {
+    const std::string codec = "ktopk:" + std::to_string(fraction);
+    const std::string bytes = encode_ok(codec, model, ref);
+    auto got = decode_update(codec, bytes, ref);
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    // The convolution: each kernel is sent whole (exactly, without a quantiser) or not at all,
+    // the kept ones of largest norm.
+    const std::vector<float>& x = (*got)[0].data;
+    const std::vector<float>& want = model[0].data;
+    int64_t kept = 0;
+    double min_kept = INFINITY, max_dropped = 0;
+    for (int64_t j = 0; j < 128; ++j) {
+      double norm = 0;
+      int sent = 0;
+      for (int64_t i = 0; i < 9; ++i) {
+        norm += static_cast<double>(want[j * 9 + i]) * want[j * 9 + i];
+        if (x[j * 9 + i] != 0) {
+          EXPECT_EQ(x[j * 9 + i], want[j * 9 + i]);
+          ++sent;
+        }
+      }
+      ASSERT_TRUE(sent == 0 || sent == 9) << codec << " kernel " << j;
+      if (sent == 9) {
+        ++kept;
+        min_kept = std::min(min_kept, norm);
+      } else {
+        max_dropped = std::max(max_dropped, norm);
+      }
+    }
+    const int64_t units = std::max<int64_t>(1, std::llround(fraction * 128));
+    EXPECT_EQ(kept, units) << codec;
+    EXPECT_GE(min_kept, max_dropped) << codec;
+    // Small tensors whole; fc.weight (a matrix) value by value, as topk.
+    EXPECT_EQ((*got)[1].data, model[1].data);
+    EXPECT_EQ((*got)[3].data, model[3].data);
+    size_t fc_kept = 0;
+    for (float v : (*got)[2].data) fc_kept += v != 0;
+    const double k = std::max(1.0, std::round(fraction * 2000));
+    EXPECT_GE(fc_kept, 0.5 * k) << codec;
+    EXPECT_LE(fc_kept, 1.5 * k + 16) << codec;
+    // One coded index per kernel: the count after the coding byte is kernels + fc's values.
+    uint64_t coded = 0;
+    for (int i = 0; i < 8; ++i) coded |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[25 + i])) << (8 * i);
+    EXPECT_EQ(coded, static_cast<uint64_t>(units) + fc_kept) << codec;
+  }
+  // A unit index past the last unit (128 kernels + 2000 values of fc) is refused.
+  const Weights big = large_only(ref);
+  const uint64_t units = 128 + 2000;
+  std::string far;
+  for (uint64_t v = units; v >= 0x80; v >>= 7) far.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  far.push_back(static_cast<char>(units >> (7 * far.size())));
+  auto r = decode_update("ktopk:0.5", hand_made(big, 1, 1, far, {1}), big);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("out of range"), std::string::npos) << r.status().message();
+  // The last unit is fc's last value: one value; a kernel unit carries nine.
+  std::string last;
+  for (uint64_t v = units - 1; v >= 0x80; v >>= 7) last.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  last.push_back(static_cast<char>((units - 1) >> (7 * last.size())));
+  auto one = decode_update("ktopk:0.5", hand_made(big, 1, 1, last, {5}), big);
+  ASSERT_TRUE(one.ok()) << one.status().to_string();
+  EXPECT_EQ((*one)[1].data[1999], 5.0f);
+  EXPECT_FALSE(decode_update("ktopk:0.5", hand_made(big, 1, 1, std::string("\x00", 1), {1}), big).ok());  // 9 values owed
+  auto kernel = decode_update("ktopk:0.5", hand_made(big, 1, 1, std::string("\x01", 1), {1, 2, 3, 4, 5, 6, 7, 8, 9}), big);
+  ASSERT_TRUE(kernel.ok()) << kernel.status().to_string();
+  for (int i = 0; i < 9; ++i) EXPECT_EQ((*kernel)[0].data[9 + i], static_cast<float>(i + 1));
+  // Secure aggregation cannot carry it (each site picks other kernels).
+  EXPECT_FALSE(check_secure_aggregation_codec(spec_of("delta|ef|ktopk:0.1")).ok());
+}
+
 TEST(CodecDecode, ValidatesCodesAndScales) {
   const Weights ref = zeros_like(make_weights(1));
   const std::string good = encode_ok("q2", make_weights(2), ref);
@@ -523,7 +600,7 @@ TEST(CodecDecode, ValidatesCodesAndScales) {
 TEST(CodecDecode, RandomCorruptionNeverCrashes) {
   const Weights ref = make_weights(1);
   std::mt19937 rng(5);
-  for (const std::string codec : {"delta|topk:0.01|q8|zstd", "delta|topk:0.3|q4", "randk:0.2|bf16"}) {
+  for (const std::string codec : {"delta|topk:0.01|q8|zstd", "delta|topk:0.3|q4", "delta|ktopk:0.1|q4|zstd", "randk:0.2|bf16"}) {
     const std::string bytes = encode_ok(codec, make_weights(2), ref);
     for (int trial = 0; trial < 300; ++trial) {
       std::string b = bytes;
