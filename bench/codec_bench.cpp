@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <vector>
 
 #include "cuda/codec.h"
 #include "federation/codec.h"
@@ -15,6 +16,8 @@ using fedrad::fed::ErrorFeedback;
 using fedrad::fed::Weights;
 
 // A model of `n` values in a few tensors, and a "trained" copy: reference + small gaussian steps.
+// The three largest tensors are shaped like convolution weights [out, 1, 3, 3] (so that kernel
+// top-k has kernels to choose), the last one flat.
 struct Pair {
   Weights reference, model;
 };
@@ -23,9 +26,12 @@ Pair make_pair(int64_t n) {
   std::mt19937_64 rng(1);
   std::normal_distribution<float> w(0.0f, 0.1f), step(0.0f, 0.001f);
   Pair p;
-  const int64_t parts[4] = {n / 2, n / 4, n / 8, n - n / 2 - n / 4 - n / 8};
+  int64_t parts[4] = {n / 2 / 9 * 9, n / 4 / 9 * 9, n / 8 / 9 * 9, 0};
+  parts[3] = n - parts[0] - parts[1] - parts[2];
   for (int i = 0; i < 4; ++i) {
-    fedrad::fed::TensorRecord t{"layer" + std::to_string(i) + ".weight", {parts[i]}, {}};
+    const std::vector<int64_t> shape =
+        i < 3 ? std::vector<int64_t>{parts[i] / 9, 1, 3, 3} : std::vector<int64_t>{parts[i]};
+    fedrad::fed::TensorRecord t{"layer" + std::to_string(i) + ".weight", shape, {}};
     t.data.resize(static_cast<size_t>(parts[i]));
     for (float& v : t.data) v = w(rng);
     p.reference.push_back(t);
@@ -37,7 +43,7 @@ Pair make_pair(int64_t n) {
 
 const char* kCodecs[] = {"delta|zstd",          "delta|fp16|zstd",          "delta|q8|zstd",
                          "delta|ef|q4|zstd",    "delta|ef|topk:0.01|q8|zstd", "delta|ef|topk:0.01|q4|zstd",
-                         "delta|ef|topk:0.001|q8|zstd", "delta|ef|randk:0.01|q8|zstd"};
+                         "delta|ef|topk:0.001|q8|zstd", "delta|ef|randk:0.01|q8|zstd", "delta|ef|ktopk:0.03|q4|zstd"};
 
 void BM_Encode(benchmark::State& state) {
   const char* codec = kCodecs[state.range(0)];
