@@ -3,7 +3,8 @@
 # one real BraTS case split in two (train on one half of the tumour, segment the other), with
 # inference time per volume. Writes bench/results/segmentation/*.json and the "Tumour
 # segmentation" section of bench/RESULTS.md.
-#   bench/segmentation.sh            (FEDRAD_BUILD_DIR=build-img FEDRAD_NO_BUILD=1 to reuse a build)
+#   bench/segmentation.sh            (FEDRAD_BUILD_DIR=build FEDRAD_NO_BUILD=1 to reuse a build)
+# The federated / centralised ratio over several seeds and budgets: bench/segmentation_seeds.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${FEDRAD_BENCH_OUT:-out/bench/segmentation}
