@@ -6,6 +6,15 @@ import re
 import subprocess
 
 
+def read(path, default=None):
+    """A small text file's content, stripped; `default` when it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
 def _run(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()

@@ -10,16 +10,13 @@ import re
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import read  # noqa: E402
+
 out, dest = sys.argv[1:3]
 STRUCTS = ["label 1", "WT", "TC", "ET"]
 
 
-def read(path, default=None):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return default
 
 
 def load_avg(text):
