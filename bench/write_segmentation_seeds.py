@@ -17,8 +17,6 @@ out, dest = sys.argv[1:3]
 STRUCTS = ["label 1", "WT", "TC", "ET"]
 
 
-
-
 def load_avg(text):
     return text.split("load average:")[-1].strip() if text else None
 

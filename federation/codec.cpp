@@ -839,7 +839,7 @@ StatusOr<std::string> encode_update(const CodecSpec& spec, const Weights& model,
       }
       at += len;
     }
-    put_indices(units, num_units(reference), &payload);
+    put_indices(units, unit_at, &payload);  // unit_at: now the number of units, num_units(reference)
   } else if (spec.sparsify == Sparsify::kRandK) {
     idx = randk_indices(reference, spec.fraction, seed);
     put_u64(&payload, idx.size());

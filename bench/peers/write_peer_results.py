@@ -6,6 +6,7 @@
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -51,7 +52,6 @@ def site_log_seconds(d, sites):
     """Per round, each site's evaluation of the received model + local training (seconds), from the
     sites' log lines 'round N: ...; evaluated the received model in E s, trained in T s, ...': the
     same span as Flower's eval + train inside fit(); decoding, encoding and sending are left out."""
-    import re
     pat = re.compile(r"round (\d+): .*evaluated the received model in ([0-9.]+) s, trained in ([0-9.]+) s")
     out = {}
     for s in sites:
@@ -148,8 +148,8 @@ def main():
     meta = machine.describe()
     meta["started"] = read(os.path.join(out, "started"))
     # when each part was last run (KEEP_OUT=1 reruns some parts and keeps the others' raw results)
-    meta["parts_started"] = {p: read(os.path.join(out, f"started-{p}")) for p in ("fake", "study", "throughput")
-                             if read(os.path.join(out, f"started-{p}"))}
+    started = {p: read(os.path.join(out, f"started-{p}")) for p in ("fake", "study", "throughput")}
+    meta["parts_started"] = {p: t for p, t in started.items() if t}
     runs = {"fedrad": [], "flower": []}
     for rep in range(1, repeat + 1):
         for fw, fn in (("fedrad", fedrad_run), ("flower", flower_run)):
