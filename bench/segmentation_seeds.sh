@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Issue 5, the federated / centralised Dice ratio over several seeds and budgets: for each budget
-# (SEG_ROUNDS: rounds of the federated study = epochs of the centralised one, 2 patches per case each)
-# and each seed (SEG_SEEDS: the config's `seed`, i.e. initialisation and patch sampling; the data stay
-# the same), the federated study (`fedrad simulate`) and the centralised baseline (`fedrad train`, one
-# thread) run side by side from configs/segmentation.yaml with only `seed` and `rounds` changed, and
-# both final models are scored on the pooled validation splits as bench/segmentation.sh does. Then
+# Issue 5, the federated / centralised Dice ratio over several seeds and budgets. For each budget
+# (SEG_ROUNDS: rounds of the federated study) and each seed (SEG_SEEDS: the config's `seed`, i.e.
+# initialisation and patch sampling; the data stay the same) it runs, from configs/segmentation.yaml
+# with only `seed` and `rounds` changed:
+#   - the federated study (`fedrad simulate`);
+#   - the centralised baseline (`fedrad train`, one thread) at two budgets:
+#       equal optimiser steps: as many steps as one site takes, i.e. what the sites' parallel training
+#         costs in wall time (epochs = rounds x local_epochs / sites, the sites being of equal size);
+#       equal sample passes: as many patches per training case as the federation draws in all
+#         (epochs = rounds x local_epochs, `fedrad train`'s default).
+# Every final model is scored on the pooled validation splits as bench/segmentation.sh does, and
 # bench/write_segmentation_seeds.py writes bench/results/segmentation/seeds.json and prints the table.
 #   bench/segmentation_seeds.sh                       (FEDRAD=path/to/fedrad to use another binary)
-#   SEG_SEEDS="42 43 44" SEG_ROUNDS="40 80" bench/segmentation_seeds.sh
+#   SEG_SEEDS="42 43" SEG_ROUNDS="40" SEG_BUDGETS="steps" bench/segmentation_seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${FEDRAD_BENCH_OUT:-out/bench/segmentation-seeds}
 FEDRAD=${FEDRAD:-${FEDRAD_BUILD_DIR:-build}/apps/fedrad}
-SEEDS=${SEG_SEEDS:-42 43 44}
-BUDGETS=${SEG_ROUNDS:-40}
+CONFIG=configs/segmentation.yaml
+SEEDS=${SEG_SEEDS:-42 43 44 45}
+ROUNDS=${SEG_ROUNDS:-40}
+CEN_BUDGETS=${SEG_BUDGETS:-steps passes}
 PORT=${SEG_PORT:-5791}  # not the config's 5555, which other studies on the machine may be using
+LOCAL_EPOCHS=$(sed -n 's/.*local_epochs: *\([0-9]*\).*/\1/p' "$CONFIG" | head -1)
+NSITES=$(sed -n 's/^sites: *\[\(.*\)\]/\1/p' "$CONFIG" | tr ',' '\n' | grep -c .)
+[ -n "$LOCAL_EPOCHS" ] && [ "$NSITES" -gt 0 ] || { echo "cannot read train.local_epochs and sites from $CONFIG" >&2; exit 1; }
 mkdir -p "$OUT"
 [ -d "$OUT/data" ] || "$FEDRAD" -q synth-seg --out "$OUT/data" --train "${SEG_TRAIN:-8}" --val "${SEG_VAL:-3}"
 VALS=()
@@ -28,22 +38,32 @@ timed() {  # timed DIR NAME CMD...: runs CMD (its output to DIR/NAME.log), its w
   printf '%d.%03d\n' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) > "$dir/$name.time"
 }
 
-for rounds in $BUDGETS; do
+for rounds in $ROUNDS; do
   for seed in $SEEDS; do
     run="$OUT/r$rounds-s$seed"
-    if [ -f "$run/cen.eval.json" ] && [ -f "$run/fed.eval.json" ]; then echo "== $run: done before, kept"; continue; fi
-    echo "== $run: $rounds rounds / epochs x 2 patches per case, seed $seed"
-    rm -rf "$run"; mkdir -p "$run"
+    mkdir -p "$run"
     sed -e "s/^seed: .*/seed: $seed/" -e "s/^rounds: .*/rounds: $rounds/" \
-      -e "s#^\( *address:\).*#\1 tcp://127.0.0.1:$PORT#" configs/segmentation.yaml > "$run/fed.yaml"
-    sed "s/^train: {/train: {threads: 1, /" "$run/fed.yaml" > "$run/cen.yaml"
+      -e "s#^\( *address:\).*#\1 tcp://127.0.0.1:$PORT#" "$CONFIG" > "$run/fed.yaml"
     uptime > "$run/load_before.txt"
-    ( timed "$run" fed "$FEDRAD" -q simulate --config "$run/fed.yaml" --data "$OUT/data" --out "$run/fed"
-      "$FEDRAD" -q evaluate --model "$run/fed/global.pt" "${VALS[@]}" > "$run/fed.eval.json" ) &
-    fed=$!
-    timed "$run" cen "$FEDRAD" -q train --config "$run/cen.yaml" --data "$OUT/data" --out "$run/cen"
-    "$FEDRAD" -q evaluate --model "$run/cen/model.pt" "${VALS[@]}" > "$run/cen.eval.json"
-    wait $fed
+    if [ ! -f "$run/fed.eval.json" ]; then
+      echo "== $run: federated, $rounds rounds x $LOCAL_EPOCHS local epochs, seed $seed"
+      ( timed "$run" fed "$FEDRAD" -q simulate --config "$run/fed.yaml" --data "$OUT/data" --out "$run/fed"
+        "$FEDRAD" -q evaluate --model "$run/fed/global.pt" "${VALS[@]}" > "$run/fed.eval.json" ) &
+    fi
+    for budget in $CEN_BUDGETS; do
+      case $budget in
+        steps) epochs=$((rounds * LOCAL_EPOCHS / NSITES)) ;;
+        passes) epochs=$((rounds * LOCAL_EPOCHS)) ;;
+        *) echo "SEG_BUDGETS: '$budget' is neither steps nor passes" >&2; exit 1 ;;
+      esac
+      [ ! -f "$run/cen-e$epochs.eval.json" ] || continue
+      echo "== $run: centralised, $epochs epochs (equal $budget), seed $seed"
+      sed -e "s/^train: {/train: {threads: 1, epochs: $epochs, /" "$run/fed.yaml" > "$run/cen-e$epochs.yaml"
+      echo "$budget" > "$run/cen-e$epochs.budget"
+      timed "$run" "cen-e$epochs" "$FEDRAD" -q train --config "$run/cen-e$epochs.yaml" --data "$OUT/data" --out "$run/cen-e$epochs"
+      "$FEDRAD" -q evaluate --model "$run/cen-e$epochs/model.pt" "${VALS[@]}" > "$run/cen-e$epochs.eval.json"
+    done
+    wait
     uptime > "$run/load_after.txt"
   done
 done
