@@ -15,8 +15,6 @@ import machine  # noqa: E402
 from machine import read  # noqa: E402
 
 
-
-
 def max_rss_kb(path):
     """/usr/bin/time -f '%M %e' output: max RSS in KB (the last line)."""
     txt = read(path, "")

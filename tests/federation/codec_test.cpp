@@ -402,6 +402,15 @@ TEST(CodecDecode, EveryTruncationAndTrailingByteIsRefused) {
   }
 }
 
+// v as a LEB128 varint (7 bits per byte, low first; the high bit says more follow), as the
+// index section codes gaps.
+std::string varint(uint64_t v) {
+  std::string out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+
 // Builds a topk/fp32 update by hand: header | varint coding | k | bytes | varints | values.
 std::string hand_made(const Weights& ref, uint8_t coding, uint64_t k, const std::string& index_bytes,
                       const std::vector<float>& values, bool with_length = true) {
@@ -473,9 +482,7 @@ TEST(CodecDecode, ValidatesIndices) {
   // Indices 0 and 2: gaps 0 and 1.
   EXPECT_TRUE(decode_update("topk:0.5", hand_made(ref, 1, 2, std::string("\x00\x01", 2), {1, 2}), ref).ok());
   // Past the end: a gap of n.
-  std::string far;
-  for (uint64_t v = n; v >= 0x80; v >>= 7) far.push_back(static_cast<char>((v & 0x7f) | 0x80));
-  far.push_back(static_cast<char>(n >> (7 * (far.size()))));
+  const std::string far = varint(n);
   auto r = decode_update("topk:0.5", hand_made(ref, 1, 1, far, {1}), ref);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("out of range"), std::string::npos) << r.status().message();
@@ -488,9 +495,7 @@ TEST(CodecDecode, ValidatesIndices) {
   // refused. conv.bias (16 values) starts at index 1152 of make_weights' layout.
   const Weights full = make_weights(1);
   ASSERT_EQ(full[1].name, "conv.bias");
-  std::string into_bias;
-  for (uint64_t v = 1152; v >= 0x80; v >>= 7) into_bias.push_back(static_cast<char>((v & 0x7f) | 0x80));
-  into_bias.push_back(static_cast<char>(1152 >> (7 * into_bias.size())));
+  const std::string into_bias = varint(1152);
   auto inside = decode_update("topk:0.5", hand_made(full, 1, 1, into_bias, std::vector<float>(1 + 16 + 7, 1.0f)), full);
   ASSERT_FALSE(inside.ok());
   EXPECT_NE(inside.status().message().find("travels whole"), std::string::npos) << inside.status().message();
@@ -559,16 +564,12 @@ TEST(Codec, KernelTopKSendsWholeKernelsOfLargestNormWithOneIndexEach) {
   // A unit index past the last unit (128 kernels + 2000 values of fc) is refused.
   const Weights big = large_only(ref);
   const uint64_t units = 128 + 2000;
-  std::string far;
-  for (uint64_t v = units; v >= 0x80; v >>= 7) far.push_back(static_cast<char>((v & 0x7f) | 0x80));
-  far.push_back(static_cast<char>(units >> (7 * far.size())));
+  const std::string far = varint(units);
   auto r = decode_update("ktopk:0.5", hand_made(big, 1, 1, far, {1}), big);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("out of range"), std::string::npos) << r.status().message();
   // The last unit is fc's last value: one value; a kernel unit carries nine.
-  std::string last;
-  for (uint64_t v = units - 1; v >= 0x80; v >>= 7) last.push_back(static_cast<char>((v & 0x7f) | 0x80));
-  last.push_back(static_cast<char>((units - 1) >> (7 * last.size())));
+  const std::string last = varint(units - 1);
   auto one = decode_update("ktopk:0.5", hand_made(big, 1, 1, last, {5}), big);
   ASSERT_TRUE(one.ok()) << one.status().to_string();
   EXPECT_EQ((*one)[1].data[1999], 5.0f);
