@@ -22,13 +22,7 @@ rm -rf "$OUT" && mkdir -p "$OUT" "$RESULTS"
 VALS=()
 for s in "${SITES[@]}"; do VALS+=(--data "$DATA/$s/val"); done
 
-timed() {  # timed FILE CMD...: runs CMD, records its wall time in FILE
-  local file=$1; shift
-  local t0; t0=$(date +%s%N)
-  "$@"
-  local t1; t1=$(date +%s%N)
-  printf '%d.%03d\n' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) > "$file"
-}
+source bench/lib.sh  # timed
 
 for seed in $SEEDS; do
   D="$OUT/seed-$seed"

@@ -17,13 +17,7 @@ FEDRAD=$BUILD/apps/fedrad
 mkdir -p "$OUT" "$RESULTS"
 uptime > "$OUT/load_before.txt"
 
-timed() {  # timed NAME CMD...: runs CMD, records its wall time in $OUT/NAME.time
-  local name=$1; shift
-  local t0; t0=$(date +%s%N)
-  "$@"
-  local t1; t1=$(date +%s%N)
-  printf '%d.%03d\n' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) > "$OUT/$name.time"
-}
+source bench/lib.sh  # timed
 
 # SEG_THREADS=1 pins the baselines to one thread: on a shared, oversubscribed CPU OpenMP's
 # multi-threaded kernels lose more than they gain (simulate already gives each site its share).
@@ -43,7 +37,7 @@ if [ -z "${SEG_SKIP_FEDERATED:-}" ]; then
 echo "== synthetic data: ${#SITES[@]} sites"
 "$FEDRAD" -q synth-seg --out "$OUT/data" --train "${SEG_TRAIN:-8}" --val "${SEG_VAL:-3}"
 echo "== federated ($(sed -n 's/^ *strategy: *//p' configs/segmentation.yaml)), in the background"
-( timed federated "$FEDRAD" -q simulate --config configs/segmentation.yaml --data "$OUT/data" --out "$OUT/federated"
+( timed "$OUT/federated.time" "$FEDRAD" -q simulate --config configs/segmentation.yaml --data "$OUT/data" --out "$OUT/federated"
   "$FEDRAD" -q evaluate --model "$OUT/federated/global.pt" "${VALS[@]}" > "$OUT/federated.eval.json" ) &
 FEDERATED=$!
 fi
@@ -54,16 +48,16 @@ fi
 [ -z "${SEG_SEQUENTIAL:-}" ] || [ -z "$FEDERATED" ] || { wait $FEDERATED; FEDERATED=; }
 echo "== centralised (union of the sites' train splits) and, beside it, the BraTS half-case model"
 "$BUILD/imaging/brats_split_bench" "$BRATS" "$OUT/brats-data" > "$OUT/brats_split.json"
-timed centralised "$FEDRAD" -q train --config "$CONFIG" --data "$OUT/data" --out "$OUT/centralised" &
+timed "$OUT/centralised.time" "$FEDRAD" -q train --config "$CONFIG" --data "$OUT/data" --out "$OUT/centralised" &
 CENTRAL=$!
-timed brats_train "$FEDRAD" -q train --config "$BRATS_CONFIG" --data "$OUT/brats-data" --site brats \
+timed "$OUT/brats_train.time" "$FEDRAD" -q train --config "$BRATS_CONFIG" --data "$OUT/brats-data" --site brats \
   --out "$OUT/brats-half"
 wait $CENTRAL
 [ -z "$FEDERATED" ] || wait $FEDERATED
 "$FEDRAD" -q evaluate --model "$OUT/centralised/model.pt" "${VALS[@]}" > "$OUT/centralised.eval.json"
 "$FEDRAD" -q evaluate --model "$OUT/brats-half/model.pt" --data "$OUT/brats-data/brats/val" > "$OUT/brats.eval.json"
 echo "== inference on the whole 240x240x155 volume"
-timed brats_predict "$FEDRAD" -q predict --model "$OUT/brats-half/model.pt" "$BRATS/t1n.nii.gz" "$BRATS/t1c.nii.gz" \
+timed "$OUT/brats_predict.time" "$FEDRAD" -q predict --model "$OUT/brats-half/model.pt" "$BRATS/t1n.nii.gz" "$BRATS/t1c.nii.gz" \
   "$BRATS/t2w.nii.gz" "$BRATS/t2f.nii.gz" --out "$OUT/brats-predicted.nii.gz"
 uptime > "$OUT/load_after.txt"
 

@@ -30,13 +30,7 @@ mkdir -p "$OUT"
 VALS=()
 for s in site-1 site-2 site-3; do VALS+=(--data "$OUT/data/$s/val"); done
 
-timed() {  # timed DIR NAME CMD...: runs CMD (its output to DIR/NAME.log), its wall time to DIR/NAME.time
-  local dir=$1 name=$2; shift 2
-  local t0; t0=$(date +%s%N)
-  "$@" > "$dir/$name.log" 2>&1
-  local t1; t1=$(date +%s%N)
-  printf '%d.%03d\n' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) > "$dir/$name.time"
-}
+source bench/lib.sh  # timed
 
 for rounds in $ROUNDS; do
   for seed in $SEEDS; do
@@ -47,7 +41,7 @@ for rounds in $ROUNDS; do
     uptime > "$run/load_before.txt"
     if [ ! -f "$run/fed.eval.json" ]; then
       echo "== $run: federated, $rounds rounds x $LOCAL_EPOCHS local epochs, seed $seed"
-      ( timed "$run" fed "$FEDRAD" -q simulate --config "$run/fed.yaml" --data "$OUT/data" --out "$run/fed"
+      ( timed "$run/fed.time" "$FEDRAD" -q simulate --config "$run/fed.yaml" --data "$OUT/data" --out "$run/fed" > "$run/fed.log" 2>&1
         "$FEDRAD" -q evaluate --model "$run/fed/global.pt" "${VALS[@]}" > "$run/fed.eval.json" ) &
     fi
     for budget in $CEN_BUDGETS; do
@@ -60,7 +54,8 @@ for rounds in $ROUNDS; do
       echo "== $run: centralised, $epochs epochs (equal $budget), seed $seed"
       sed -e "s/^train: {/train: {threads: 1, epochs: $epochs, /" "$run/fed.yaml" > "$run/cen-e$epochs.yaml"
       echo "$budget" > "$run/cen-e$epochs.budget"
-      timed "$run" "cen-e$epochs" "$FEDRAD" -q train --config "$run/cen-e$epochs.yaml" --data "$OUT/data" --out "$run/cen-e$epochs"
+      timed "$run/cen-e$epochs.time" "$FEDRAD" -q train --config "$run/cen-e$epochs.yaml" --data "$OUT/data" \
+        --out "$run/cen-e$epochs" > "$run/cen-e$epochs.log" 2>&1
       "$FEDRAD" -q evaluate --model "$run/cen-e$epochs/model.pt" "${VALS[@]}" > "$run/cen-e$epochs.eval.json"
     done
     wait
