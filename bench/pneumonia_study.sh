@@ -8,6 +8,9 @@
 # the section reports the median over the seeds beside each seed's figure.
 #   bench/pneumonia_study.sh [CONFIG]         (default configs/pneumonia.yaml)
 #   SEEDS="42" bench/pneumonia_study.sh       (one seed: about a third of the time)
+#   RESUME=1 bench/pneumonia_study.sh         (goes on with a stopped run: a model whose evaluation is
+#                                             on file under OUT is kept if its seed folder was made
+#                                             from the same CONFIG; without RESUME all start afresh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/pneumonia.yaml}
@@ -18,32 +21,46 @@ SITES=(site-a site-b site-c site-d)
 [ -n "${FEDRAD_NO_BUILD:-}" ] || bash scripts/build.sh >/dev/null
 FEDRAD=${FEDRAD_BUILD_DIR:-build}/apps/fedrad
 SEEDS=${SEEDS:-42 43 44}
-rm -rf "$OUT" && mkdir -p "$OUT" "$RESULTS"
+[ -n "${RESUME:-}" ] || rm -rf "$OUT"
+mkdir -p "$OUT" "$RESULTS"
+# study SEED: CONFIG with its seed replaced, as each seed folder keeps it in study.yaml
+study() { sed -E "s/^seed: .*/seed: $1/" "$CONFIG"; }
+for D in "$OUT"/seed-*; do  # folders of another config are not mixed into this one's table
+  [ -d "$D" ] || continue
+  [ "$(cat "$D/study.yaml" 2>/dev/null)" = "$(study "${D##*-}")" ] || { echo "== $D: made from another config, removed"; rm -rf "$D"; }
+done
 VALS=()
 for s in "${SITES[@]}"; do VALS+=(--data "$DATA/$s/val"); done
 
 source bench/lib.sh  # timed
+# score D NAME MODEL: pooled-val evaluation to D/NAME.eval.json, written only once it is whole
+score() { "$FEDRAD" -q evaluate --model "$3" "${VALS[@]}" > "$1/$2.eval.json.part" && mv "$1/$2.eval.json.part" "$1/$2.eval.json"; }
 
 for seed in $SEEDS; do
   D="$OUT/seed-$seed"
   mkdir -p "$D"
+  study "$seed" > "$D/study.yaml"
+  grep -q "^seed: $seed" "$D/study.yaml" || { echo "no top-level 'seed:' line in $CONFIG" >&2; exit 1; }
   # FEDRAD_PORT: another coordinator port, when something else on this machine uses the config's.
-  sed -E -e "s/^seed: .*/seed: $seed/" ${FEDRAD_PORT:+-e "s#tcp://127.0.0.1:[0-9]+#tcp://127.0.0.1:$FEDRAD_PORT#"} \
-    "$CONFIG" > "$D/config.yaml"
-  grep -q "^seed: $seed" "$D/config.yaml" || { echo "no top-level 'seed:' line in $CONFIG" >&2; exit 1; }
+  sed -E ${FEDRAD_PORT:+-e "s#tcp://127.0.0.1:[0-9]+#tcp://127.0.0.1:$FEDRAD_PORT#"} -e '' "$D/study.yaml" > "$D/config.yaml"
 
-  echo "== seed $seed: federated (FedAvg, ${#SITES[@]} sites)"
-  timed "$D/federated.time" "$FEDRAD" -q simulate --config "$D/config.yaml" --data "$DATA" --out "$D/federated"
-  "$FEDRAD" -q evaluate --model "$D/federated/global.pt" "${VALS[@]}" > "$D/federated.eval.json"
+  if [ ! -f "$D/federated.eval.json" ]; then
+    echo "== seed $seed: federated (FedAvg, ${#SITES[@]} sites)"
+    timed "$D/federated.time" "$FEDRAD" -q simulate --config "$D/config.yaml" --data "$DATA" --out "$D/federated"
+    score "$D" federated "$D/federated/global.pt"
+  fi
 
-  echo "== seed $seed: centralised (union of the sites' train splits)"
-  timed "$D/centralised.time" "$FEDRAD" -q train --config "$D/config.yaml" --data "$DATA" --out "$D/centralised"
-  "$FEDRAD" -q evaluate --model "$D/centralised/model.pt" "${VALS[@]}" > "$D/centralised.eval.json"
+  if [ ! -f "$D/centralised.eval.json" ]; then
+    echo "== seed $seed: centralised (union of the sites' train splits)"
+    timed "$D/centralised.time" "$FEDRAD" -q train --config "$D/config.yaml" --data "$DATA" --out "$D/centralised"
+    score "$D" centralised "$D/centralised/model.pt"
+  fi
 
   for s in "${SITES[@]}"; do
+    [ ! -f "$D/$s.eval.json" ] || continue
     echo "== seed $seed: $s alone"
     timed "$D/$s.time" "$FEDRAD" -q train --config "$D/config.yaml" --data "$DATA" --site "$s" --out "$D/$s"
-    "$FEDRAD" -q evaluate --model "$D/$s/model.pt" "${VALS[@]}" > "$D/$s.eval.json"
+    score "$D" "$s" "$D/$s/model.pt"
   done
 done
 

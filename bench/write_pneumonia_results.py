@@ -3,6 +3,7 @@ bench/RESULTS.md: per model the median over the seeds, each seed's figure beside
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -10,6 +11,11 @@ import sys
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def local_epochs(seed_dir):  # train.local_epochs of the seed's config (flow or block YAML), 1 if not given
+    m = re.search(r"local_epochs:\s*(\d+)", open(f"{seed_dir}/config.yaml").read())
+    return int(m.group(1)) if m else 1
 
 
 def site_of(folder):
@@ -89,7 +95,7 @@ def main():
         s0 = runs[name][seeds[0]]["summary"]
         if name == "federated":
             trained = f"{len(sites)} sites, FedAvg"
-            epochs = f"{s0['rounds']} x 1"
+            epochs = f"{s0['rounds']} x {local_epochs(seed_dirs[0])}"
             bytes_ = (f"{s0['bytes_up_per_round'] / 1e3:.0f} KB / {s0['bytes_down_per_round'] / 1e3:.0f} KB "
                       f"(raw fp32 {s0['raw_bytes_up_per_round'] / 1e3:.0f} KB / {s0['raw_bytes_down_per_round'] / 1e3:.0f} KB)")
         else:
