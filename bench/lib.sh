@@ -9,3 +9,10 @@ timed() {
   local t1; t1=$(date +%s%N)
   printf '%d.%03d\n' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) > "$file"
 }
+
+# to_file FILE CMD...: CMD's output to FILE, which appears only when CMD succeeded (it is written
+# to FILE.part first), so a resumed benchmark never takes a half-written result for a finished one.
+to_file() {
+  local file=$1; shift
+  "$@" > "$file.part" && mv "$file.part" "$file"
+}

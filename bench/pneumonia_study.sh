@@ -32,9 +32,9 @@ done
 VALS=()
 for s in "${SITES[@]}"; do VALS+=(--data "$DATA/$s/val"); done
 
-source bench/lib.sh  # timed
-# score D NAME MODEL: pooled-val evaluation to D/NAME.eval.json, written only once it is whole
-score() { "$FEDRAD" -q evaluate --model "$3" "${VALS[@]}" > "$1/$2.eval.json.part" && mv "$1/$2.eval.json.part" "$1/$2.eval.json"; }
+source bench/lib.sh  # timed, to_file
+# score D NAME MODEL: pooled-val evaluation to D/NAME.eval.json
+score() { to_file "$1/$2.eval.json" "$FEDRAD" -q evaluate --model "$3" "${VALS[@]}"; }
 
 for seed in $SEEDS; do
   D="$OUT/seed-$seed"
@@ -42,7 +42,11 @@ for seed in $SEEDS; do
   study "$seed" > "$D/study.yaml"
   grep -q "^seed: $seed" "$D/study.yaml" || { echo "no top-level 'seed:' line in $CONFIG" >&2; exit 1; }
   # FEDRAD_PORT: another coordinator port, when something else on this machine uses the config's.
-  sed -E ${FEDRAD_PORT:+-e "s#tcp://127.0.0.1:[0-9]+#tcp://127.0.0.1:$FEDRAD_PORT#"} -e '' "$D/study.yaml" > "$D/config.yaml"
+  if [ -n "${FEDRAD_PORT:-}" ]; then
+    sed -E "s#tcp://127.0.0.1:[0-9]+#tcp://127.0.0.1:$FEDRAD_PORT#" "$D/study.yaml" > "$D/config.yaml"
+  else
+    cp "$D/study.yaml" "$D/config.yaml"
+  fi
 
   if [ ! -f "$D/federated.eval.json" ]; then
     echo "== seed $seed: federated (FedAvg, ${#SITES[@]} sites)"

@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 VALS=()
 for s in site-1 site-2 site-3; do VALS+=(--data "$OUT/data/$s/val"); done
 
-source bench/lib.sh  # timed
+source bench/lib.sh  # timed, to_file
 
 for rounds in $ROUNDS; do
   for seed in $SEEDS; do
@@ -42,7 +42,7 @@ for rounds in $ROUNDS; do
     if [ ! -f "$run/fed.eval.json" ]; then
       echo "== $run: federated, $rounds rounds x $LOCAL_EPOCHS local epochs, seed $seed"
       ( timed "$run/fed.time" "$FEDRAD" -q simulate --config "$run/fed.yaml" --data "$OUT/data" --out "$run/fed" > "$run/fed.log" 2>&1
-        "$FEDRAD" -q evaluate --model "$run/fed/global.pt" "${VALS[@]}" > "$run/fed.eval.json" ) &
+        to_file "$run/fed.eval.json" "$FEDRAD" -q evaluate --model "$run/fed/global.pt" "${VALS[@]}" ) &
     fi
     for budget in $CEN_BUDGETS; do
       case $budget in
@@ -56,7 +56,7 @@ for rounds in $ROUNDS; do
       echo "$budget" > "$run/cen-e$epochs.budget"
       timed "$run/cen-e$epochs.time" "$FEDRAD" -q train --config "$run/cen-e$epochs.yaml" --data "$OUT/data" \
         --out "$run/cen-e$epochs" > "$run/cen-e$epochs.log" 2>&1
-      "$FEDRAD" -q evaluate --model "$run/cen-e$epochs/model.pt" "${VALS[@]}" > "$run/cen-e$epochs.eval.json"
+      to_file "$run/cen-e$epochs.eval.json" "$FEDRAD" -q evaluate --model "$run/cen-e$epochs/model.pt" "${VALS[@]}"
     done
     wait
     uptime > "$run/load_after.txt"
