@@ -122,6 +122,9 @@ int run_cli(int argc, char** argv) {
   train->add_option("--data", data, "folder with one sub-folder per site")->required()->check(CLI::ExistingDirectory);
   train->add_option("--site", sites, "train on these sites only (repeatable; default: all of the config's)");
   train->add_option("--out", out, "output folder")->required();
+  int epochs = 0;
+  train->add_option("--epochs", epochs, "epochs (default: the config's train.epochs, else rounds x local epochs)")
+      ->check(CLI::Range(1, 100000));
 
   auto* evaluate = app.add_subcommand("evaluate", "Evaluate a model on labelled folders; prints JSON");
   evaluate->add_option("--model", model, "model file (global.pt or model.pt)")->required()->check(CLI::ExistingFile);
@@ -235,6 +238,7 @@ int run_cli(int argc, char** argv) {
   if (*train) {
     auto c = load();
     if (!c.ok()) return report(c.status());
+    if (epochs > 0) c->train.epochs = epochs;
     return report(app::train(*c, data, sites.empty() ? c->sites : sites, out));
   }
   if (*evaluate) {

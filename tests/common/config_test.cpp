@@ -113,7 +113,7 @@ TEST(Config, ShippedConfigsAreValid) {
     EXPECT_TRUE(c.ok()) << e.path() << ": " << c.status().to_string();
     ++checked;
   }
-  EXPECT_GE(checked, 6);  // pneumonia (plain, secagg, gpu), demo, segmentation, brats-half
+  EXPECT_GE(checked, 8);  // pneumonia (plain, study, secagg, regions, gpu), demo, segmentation, brats-half
 }
 
 }  // namespace
