@@ -524,6 +524,7 @@ StatusOr<FitStats> data_parallel_fit(models::Classifier& model, const ImageSet& 
       Status st = comm.all_reduce_mean(grads);
       if (!st.ok()) throw std::runtime_error(st.to_string());
     };
+    torch::manual_seed(options.seed);  // dropout's draws, as TorchLearner::fit (rank-specific seed)
     FitStats stats = fit(model, shard, options);
     // Each rank's batch norm saw only its shard; the mean of the running statistics is what the
     // site reports (and what the ranks start the next round from anyway, after the broadcast).

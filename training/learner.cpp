@@ -45,6 +45,10 @@ StatusOr<fed::FitReport> TorchLearner::fit(const fed::Weights& global, const fed
       options.schedule_epochs = config_.rounds * static_cast<int>(settings.local_epochs);
       options.schedule_offset = static_cast<int>(settings.round - 1) * static_cast<int>(settings.local_epochs);
     }
+    // Shuffling and augmentation draw from a generator seeded by the options; dropout draws from
+    // torch's global one, which a site process never seeded (its seed differs from run to run).
+    // Seeded here, a round's local training is the same whatever the process did before it.
+    torch::manual_seed(options.seed);
     auto log = logger("train");
     options.progress_label = "round " + std::to_string(settings.round);  // logs each epoch's loss
     FitStats stats;
