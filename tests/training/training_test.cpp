@@ -29,6 +29,16 @@ StudyConfig small_config() {
   return c;
 }
 
+// What a coordinator sends a site of small_config() for round 1: one local epoch, batches of 16.
+fed::RoundSettings first_round() {
+  fed::RoundSettings rs;
+  rs.round = 1;
+  rs.local_epochs = 1;
+  rs.batch_size = 16;
+  rs.lr = 0.003;
+  return rs;
+}
+
 // Normal vs pneumonia synthetic images, preprocessed as real data would be.
 ImageSet synthetic_set(int per_class, int size, uint64_t seed) {
   DataConfig data;
@@ -187,11 +197,7 @@ TEST(TorchLearner, FitAndEvaluateSpeakFederation) {
   TorchLearner learner(cfg, synthetic_set(32, 28, 1), synthetic_set(16, 28, 500), 1);
   models::Classifier init(classifier_options(cfg));
   auto global = to_weights(*init);
-  fed::RoundSettings rs;
-  rs.round = 1;
-  rs.local_epochs = 1;
-  rs.batch_size = 16;
-  rs.lr = 0.003;
+  fed::RoundSettings rs = first_round();
   auto fit = learner.fit(global, rs);
   ASSERT_TRUE(fit.ok()) << fit.status().to_string();
   EXPECT_TRUE(fed::check_compatible(global, fit->weights).ok());
@@ -215,11 +221,7 @@ TEST(TorchLearner, ARoundsTrainingIsTheSameWhateverRanBeforeIt) {
   cfg.model.dropout = 0.5;
   models::Classifier init(classifier_options(cfg));
   const auto global = to_weights(*init);
-  fed::RoundSettings rs;
-  rs.round = 1;
-  rs.local_epochs = 1;
-  rs.batch_size = 16;
-  rs.lr = 0.003;
+  fed::RoundSettings rs = first_round();
   rs.seed = 42;
   auto run = [&](uint64_t unrelated_seed) {
     torch::manual_seed(unrelated_seed);  // whatever the process drew before the round
@@ -285,10 +287,7 @@ TEST(FedBN, SiteKeepsItsOwnNormalisationLayers) {
   auto cfg = small_config();
   models::Classifier init(classifier_options(cfg));
   auto global = to_weights(*init);
-  fed::RoundSettings rs;
-  rs.round = 1;
-  rs.batch_size = 16;
-  rs.lr = 0.003;
+  fed::RoundSettings rs = first_round();
   rs.keep_local_norm = true;
   auto run = [&](bool keep) {
     TorchLearner learner(cfg, synthetic_set(32, 28, 1), synthetic_set(16, 28, 500), 1);
