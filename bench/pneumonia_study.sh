@@ -26,10 +26,11 @@ SITES=(site-a site-b site-c site-d)
 [ -n "${FEDRAD_NO_BUILD:-}" ] || bash scripts/build.sh >/dev/null
 FEDRAD=${FEDRAD_BUILD_DIR:-build}/apps/fedrad
 SEEDS=${SEEDS:-42 43 44 45 46}
-# The config's rounds and its baselines' budget (train.epochs, else rounds x local epochs).
-"$FEDRAD" config show --config "$CONFIG" > /dev/null  # a bad config stops here, naming the key
-read -r ROUNDS BASE_EPOCHS < <("$FEDRAD" config show --config "$CONFIG" |
-  awk '/^rounds:/ {r = $2} /^  local_epochs:/ {l = $2} /^  epochs:/ {e = $2} END {print r, (e > 0 ? e : r * l)}')
+# The config's rounds and its baselines' budget (train.epochs, else rounds x local epochs); a bad
+# config stops the script here, the error naming the key.
+SHOWN=$("$FEDRAD" config show --config "$CONFIG")
+read -r ROUNDS BASE_EPOCHS < <(awk '/^rounds:/ {r = $2} /^  local_epochs:/ {l = $2} /^  epochs:/ {e = $2}
+  END {print r, (e > 0 ? e : r * l)}' <<< "$SHOWN")
 SITE_EPOCHS=${SITE_EPOCHS-$ROUNDS}
 [ -n "${RESUME:-}" ] || rm -rf "$OUT"
 mkdir -p "$OUT" "$RESULTS"

@@ -187,6 +187,26 @@ void StudyTest::pytorch_loads_the_global_model_and_agrees() {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(logits[i].get<double>(), expected[i].item<double>(), 1e-4);
 }
 
+void StudyTest::cli_train_epochs_overrides_the_config() {
+  // The config gives rounds x local epochs = 6 epochs to a baseline; --epochs 2 trains 2, one
+  // metrics row each, and summary.json says so. A non-positive budget is refused by name.
+  int code = 0;
+  const std::string dir = root_ + "/site-c-2ep";
+  auto out = run(kFedrad + " -q train --config " + root_ + "/it.yaml --data " + root_ + "/data --site site-c --epochs 2 --out " + dir, &code);
+  ASSERT_EQ(code, 0) << out;
+  auto summary = json::parse(std::ifstream(dir + "/summary.json"));
+  EXPECT_EQ(summary["epochs"], 2) << summary.dump();
+  std::ifstream csv(dir + "/metrics.csv");
+  std::string line;
+  int rows = -1;  // the header
+  while (std::getline(csv, line)) ++rows;
+  EXPECT_EQ(rows, 2);
+  EXPECT_TRUE(fs::exists(dir + "/model.pt"));
+  out = run(kFedrad + " -q train --config " + root_ + "/it.yaml --data " + root_ + "/data --epochs 0 --out " + root_ + "/x", &code);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("--epochs"), std::string::npos) << out;
+}
+
 TEST(Cli, BadConfigFailsNamingTheKey) {
   const std::string dir = testing::temp_dir("cli");
   { std::ofstream(dir + "/bad.yaml") << "rounds: 3\ntrain: {lr: fast}\n"; }
@@ -233,26 +253,6 @@ TEST(Cli, ProgressIsALiveLineOnATerminalAndPlainLinesOtherwise) {
   // Quiet: no progress at all.
   auto quiet = run(kFedrad + " -q index " + site, &code);
   EXPECT_EQ(quiet.find("indexing"), std::string::npos) << quiet;
-}
-
-void StudyTest::cli_train_epochs_overrides_the_config() {
-  // The config gives rounds x local epochs = 6 epochs to a baseline; --epochs 2 trains 2, one
-  // metrics row each, and summary.json says so. A non-positive budget is refused by name.
-  int code = 0;
-  const std::string dir = root_ + "/site-c-2ep";
-  auto out = run(kFedrad + " -q train --config " + root_ + "/it.yaml --data " + root_ + "/data --site site-c --epochs 2 --out " + dir, &code);
-  ASSERT_EQ(code, 0) << out;
-  auto summary = json::parse(std::ifstream(dir + "/summary.json"));
-  EXPECT_EQ(summary["epochs"], 2) << summary.dump();
-  std::ifstream csv(dir + "/metrics.csv");
-  std::string line;
-  int rows = -1;  // the header
-  while (std::getline(csv, line)) ++rows;
-  EXPECT_EQ(rows, 2);
-  EXPECT_TRUE(fs::exists(dir + "/model.pt"));
-  out = run(kFedrad + " -q train --config " + root_ + "/it.yaml --data " + root_ + "/data --epochs 0 --out " + root_ + "/x", &code);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("--epochs"), std::string::npos) << out;
 }
 
 }  // namespace
